@@ -1,0 +1,66 @@
+"""Sessions: tests, lint, info, train, export_android, export_ios, export_onnx, parity, harness, bench.
+
+Every session runs in ONE shared virtualenv, `.nox/stack`, holding the pinned stack from
+pyproject.toml. The stack is ~1.7 GB; a venv per session would reinstall it for each. The venv is
+built on first use and refreshed only when pyproject.toml changes (or MBV3_NOX_REINSTALL=1).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "none"
+nox.options.sessions = ["tests"]
+
+ROOT = Path(__file__).parent
+STACK = ROOT / ".nox" / "stack"
+BIN = STACK / "bin"
+
+
+def stack(session: nox.Session) -> dict[str, str]:
+    """Create/refresh the shared venv; return the env that puts it first on PATH."""
+    stamp = STACK / ".mbv3-installed"
+    wanted = (ROOT / "pyproject.toml").read_text()
+    if not (BIN / "python").exists():
+        session.run(sys.executable, "-m", "venv", str(STACK), external=True)
+    if not stamp.exists() or stamp.read_text() != wanted or os.environ.get("MBV3_NOX_REINSTALL"):
+        session.run(str(BIN / "python"), "-m", "pip", "install", "-q", "--upgrade", "pip", external=True)
+        session.run(str(BIN / "python"), "-m", "pip", "install", "-e", ".[test,lint]", external=True)
+        stamp.write_text(wanted)
+    return {
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "VIRTUAL_ENV": str(STACK),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def run(session: nox.Session, *args: str) -> None:
+    env = stack(session)
+    session.run(*args, env=env, external=True)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """pytest (posargs go to pytest, e.g. `nox -s tests -- -k checkpoint`)."""
+    run(session, str(BIN / "pytest"), *(session.posargs or ["-q"]))
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    run(session, str(BIN / "ruff"), "check", "src", "tests", "pipelines", "mobile_harness", "noxfile.py")
+
+
+@nox.session
+def info(session: nox.Session) -> None:
+    """Params / MACs / layer table: `nox -s info -- --arch large --width 1.0 --resolution 224`."""
+    run(session, str(BIN / "mbv3"), "info", *session.posargs)
+
+
+@nox.session
+def train(session: nox.Session) -> None:
+    """Train/fine-tune: `nox -s train -- --arch small --resolution 32 --epochs 8 --out runs/fmnist`."""
+    run(session, str(BIN / "mbv3"), "train", *session.posargs)

@@ -1,0 +1,27 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+# Trained test models are cached inside the checkout (git-ignored) unless MBV3_CACHE says otherwise.
+os.environ.setdefault("MBV3_CACHE", str(ROOT / ".cache"))
+torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def trained_ci_checkpoint() -> Path:
+    """MobileNetV3-Small 0.5 @32 trained briefly on real Fashion-MNIST (recipe 'ci' in mbv3_mobile.zoo)."""
+    from mbv3_mobile.zoo import ensure_model
+
+    return ensure_model("ci", progress=False)
+
+
+@pytest.fixture(scope="session")
+def fashion_test():
+    from mbv3_mobile.data import load_fashion_mnist
+
+    return load_fashion_mnist("test")
