@@ -64,3 +64,25 @@ def info(session: nox.Session) -> None:
 def train(session: nox.Session) -> None:
     """Train/fine-tune: `nox -s train -- --arch small --resolution 32 --epochs 8 --out runs/fmnist`."""
     run(session, str(BIN / "mbv3"), "train", *session.posargs)
+
+
+def _export(session: nox.Session, pipeline: str) -> None:
+    run(session, str(BIN / "mbv3"), "export", pipeline, *session.posargs)
+
+
+@nox.session
+def export_android(session: nox.Session) -> None:
+    """ExecuTorch/XNNPACK .pte (fp32 + int8): `nox -s export_android -- --checkpoint m.safetensors --quant ptq`."""
+    _export(session, "android")
+
+
+@nox.session
+def export_ios(session: nox.Session) -> None:
+    """Core ML .mlpackage (fp16/fp32, compressed) + ExecuTorch Core ML .pte: `nox -s export_ios -- --help`."""
+    _export(session, "ios")
+
+
+@nox.session
+def export_onnx(session: nox.Session) -> None:
+    """ONNX (opset 18, onnxsim) + ORT int8: `nox -s export_onnx -- --variants fp32`."""
+    _export(session, "onnx")

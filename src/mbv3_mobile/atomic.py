@@ -9,6 +9,15 @@ import tempfile
 from pathlib import Path
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 class atomic_path:
     """Yield a temp file path beside `path`; on success it is renamed onto `path`."""
 
@@ -20,6 +29,7 @@ class atomic_path:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         os.close(fd)
         self.tmp = Path(tmp)
+        os.chmod(self.tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would make published files private
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -38,6 +48,7 @@ class atomic_dir:
     def __enter__(self) -> Path:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent))
+        os.chmod(self.tmp, 0o777 & ~_UMASK)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -57,18 +57,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands():
     """Subcommands owned by other modules (each module registers its own parser)."""
-    from . import train
+    from . import pipeline, train
 
-    return [train.register_cli]
+    return [train.register_cli, pipeline.register_cli]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "passthrough", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     from .errors import UserError
 
     try:
-        return int(args.func(args) or 0)
+        status = args.func(args, rest) if getattr(args, "passthrough", False) else args.func(args)
+        return int(status or 0)
     except UserError as exc:
         print(f"mbv3 {args.command}: error: {exc}", file=sys.stderr)
         return 2

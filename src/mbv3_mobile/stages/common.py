@@ -1,0 +1,211 @@
+"""Stages and helpers every export pipeline shares."""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..data import BatchTransform, ImageFolderDataset, balanced_subset, load_fashion_mnist
+from ..pipeline import PipelineError, StageContext, sha256_file, tool_versions
+from ..preprocess import Preprocessing
+from ..profile import profile_model
+
+MODEL_FILE = "model.safetensors"
+
+
+# ---------------------------------------------------------------- resolve
+
+
+def resolve_checkpoint_fingerprint(ctx: StageContext) -> str:
+    ckpt = ctx.params.get("checkpoint")
+    if ckpt:
+        path = Path(ckpt)
+        if not path.is_file():
+            raise PipelineError(f"--checkpoint {path} does not exist; pass a .safetensors/.pth file or omit it "
+                                "to use the embedded Fashion-MNIST default")
+        return "file:" + sha256_file(path)
+    from ..zoo import RECIPES, recipe_key
+
+    recipe = ctx.params.get("recipe", "default")
+    if recipe not in RECIPES:
+        raise PipelineError(f"unknown recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
+    return f"recipe:{recipe}:{recipe_key(RECIPES[recipe])}"
+
+
+def resolve_checkpoint(ctx: StageContext) -> dict:
+    """The user's checkpoint, or the embedded default (trained on first use), normalised to our format."""
+    p = ctx.params
+    if p.get("checkpoint"):
+        source = Path(p["checkpoint"])
+    else:
+        from ..zoo import ensure_model
+
+        source = ensure_model(p.get("recipe", "default"), progress=ctx.progress)
+    try:
+        ck = load_checkpoint(source, arch=p.get("arch") or None, width=p.get("width") or None)
+    except CheckpointError as exc:
+        raise PipelineError(f"checkpoint does not match the request: {exc}") from None
+    pre = ck.preprocessing or Preprocessing(resolution=p.get("resolution") or 224)
+    if p.get("resolution") and p["resolution"] != pre.resolution:
+        ctx.log(f"warning: exporting at {p['resolution']} px, the model was trained at {pre.resolution} px")
+        pre = replace(pre, resolution=int(p["resolution"]))
+    labels = ck.labels or [f"class_{i}" for i in range(ck.config.num_classes)]
+    save_checkpoint(ctx.out_dir / MODEL_FILE, ck.model, preprocessing=pre, labels=labels, extra=ck.extra)
+    prof = profile_model(ck.model, pre.resolution)
+    ctx.log(f"{ck.config.name} ({ck.source}) at {pre.resolution} px, {prof.params:,} params, {prof.macs / 1e6:.1f} M MACs")
+    return {
+        "source": str(source), "source_format": ck.source, "source_sha256": sha256_file(source),
+        "config": ck.config.to_dict(), "model_name": ck.config.name, "preprocessing": pre.to_dict(), "labels": labels,
+        "params": prof.params, "macs": prof.macs, "train_summary": {k: ck.extra.get(k) for k in ("val_top1", "epochs")},
+    }
+
+
+def load_resolved(result) -> tuple[torch.nn.Module, Preprocessing, list[str]]:
+    ck = load_checkpoint(result.file(MODEL_FILE))
+    return ck.model.eval(), ck.preprocessing, ck.labels
+
+
+# ---------------------------------------------------------------- real images
+
+
+def eval_images(spec: str, preprocessing: Preprocessing, labels: list[str], *, split: str = "test",
+                limit: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised images (N, 3, R, R) and labels from Fashion-MNIST or an ImageFolder tree.
+
+    `limit` takes a class-balanced subset. The label names must match the model's, or the accuracy
+    figures would compare different classes.
+    """
+    if spec in ("fashion-mnist", "fashion_mnist", "fmnist"):
+        ds = load_fashion_mnist(split)
+    else:
+        ds = ImageFolderDataset(spec, preprocessing.resolution).to_arrays()
+    if list(ds.classes) != list(labels):
+        raise PipelineError(
+            f"the data's classes {list(ds.classes)[:5]}... do not match the model's labels {list(labels)[:5]}...; "
+            "pass --eval-data / --calib-data with an ImageFolder of the model's classes"
+        )
+    if limit is not None and limit < len(ds):
+        ds = balanced_subset(ds, max(1, limit // len(ds.classes)), seed=seed)
+    transform = BatchTransform(preprocessing)
+    x = torch.cat([transform(ds.images[i : i + 1024]) for i in range(0, len(ds), 1024)])
+    return x, ds.labels.clone()
+
+
+def uint8_images(spec: str, labels: list[str], *, split: str = "test", limit: int | None = None, seed: int = 0):
+    """The same selection as `eval_images`, as stored uint8 images (for formats that take pictures)."""
+    ds = load_fashion_mnist(split) if spec in ("fashion-mnist", "fashion_mnist", "fmnist") else None
+    if ds is None:
+        raise PipelineError("uint8 image export is implemented for Fashion-MNIST only")
+    if limit is not None and limit < len(ds):
+        ds = balanced_subset(ds, max(1, limit // len(ds.classes)), seed=seed)
+    return ds.images, ds.labels
+
+
+# ---------------------------------------------------------------- figures
+
+
+def compare_logits(reference: torch.Tensor, candidate: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Parity and accuracy of `candidate` logits against `reference` logits on the same images."""
+    ref, cand = reference.double(), candidate.double()
+    diff = (cand - ref).abs()
+    cos = torch.nn.functional.cosine_similarity(cand, ref, dim=1)
+    ref_top1 = (ref.argmax(1) == labels).double().mean().item()
+    cand_top1 = (cand.argmax(1) == labels).double().mean().item()
+    return {
+        "images": int(len(labels)),
+        "max_abs_logit_diff": diff.max().item(),
+        "mean_abs_logit_diff": diff.mean().item(),
+        "min_cosine": cos.min().item(),
+        "top1_agreement": (cand.argmax(1) == ref.argmax(1)).double().mean().item(),
+        "reference_top1": ref_top1,
+        "top1": cand_top1,
+        "top1_drop_pts": 100.0 * (ref_top1 - cand_top1),
+    }
+
+
+def environment() -> dict:
+    return {"versions": tool_versions(), "platform": platform.platform(), "machine": platform.machine()}
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def file_entry(path: Path, root: Path) -> dict:
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return {"path": str(path.relative_to(root)), "kind": "directory",
+                "bytes": sum(p.stat().st_size for p in files),
+                "files": {str(p.relative_to(path)): sha256_file(p) for p in files}}
+    return {"path": str(path.relative_to(root)), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+# ---------------------------------------------------------------- gates and publishing
+
+
+def check_gates(ctx: StageContext, figures: dict, rules: list[tuple[str, str, str]]) -> list[str]:
+    """rules: (figure key, '<=' or '>=', gate name in the pipeline's [gates]). Returns failures."""
+    failures = []
+    for key, op, gate in rules:
+        if gate not in ctx.gates:
+            continue
+        limit, value = ctx.gates[gate], figures[key]
+        ok = value <= limit if op == "<=" else value >= limit
+        if not ok:
+            failures.append(f"{key} = {value:.6g} (gate {gate}: must be {op} {limit:g})")
+    return failures
+
+
+def raise_if_failed(ctx: StageContext, what: str, failures: list[str], figures: dict) -> None:
+    from ..pipeline import GateFailure
+
+    if failures:
+        table = "\n".join(f"  {k:<22} {v:.6g}" if isinstance(v, float) else f"  {k:<22} {v}" for k, v in figures.items())
+        raise GateFailure(f"{what}: gate failed, nothing published:\n  - " + "\n  - ".join(failures) + f"\nfigures:\n{table}")
+
+
+def output_name(ctx: StageContext, resolved: dict) -> str:
+    return ctx.params.get("name") or f"{resolved['model_name']}_{resolved['preprocessing']['resolution']}px"
+
+
+def input_spec(resolved: dict, name: str = "image") -> dict:
+    r = resolved["preprocessing"]["resolution"]
+    return {"name": name, "shape": [1, 3, r, r], "dtype": "float32", "layout": "NCHW", "channel_order": "RGB",
+            "value": "normalised: (pixel / 255 - mean) / std per channel"}
+
+
+def write_manifest(folder: Path, *, fmt: str, resolved: dict, figures: dict, extra: dict | None = None) -> dict:
+    """manifest.json over every file in `folder` (sha256 + size), with model, preprocessing and figures."""
+    import datetime
+
+    (folder / "labels.txt").write_text("\n".join(resolved["labels"]) + "\n")
+    files = [file_entry(p, folder) for p in sorted(folder.iterdir()) if p.name != "manifest.json"]
+    manifest = {
+        "format": fmt,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "model": {"name": resolved["model_name"], **resolved["config"], "params": resolved["params"], "macs": resolved["macs"]},
+        "source_checkpoint": {"path": resolved["source"], "sha256": resolved["source_sha256"], "format": resolved["source_format"]},
+        "preprocessing": {**resolved["preprocessing"], "resize_rule": "bilinear to resolution x resolution, half-pixel centres, no crop"},
+        "labels": resolved["labels"],
+        "files": files,
+        "figures": figures,
+        **(extra or {}),
+        **environment(),
+    }
+    write_json(folder / "manifest.json", manifest)
+    return manifest
+
+
+def figures_table(rows: dict[str, dict]) -> str:
+    """Markdown table: one row per variant with the usual parity/accuracy columns."""
+    head = "| variant | images | top-1 % | drop (pt) | top-1 agreement % | max abs dlogit | min cosine |\n|---|---|---|---|---|---|---|"
+    lines = [head]
+    for name, f in rows.items():
+        lines.append(f"| {name} | {f['images']} | {100 * f['top1']:.2f} | {f['top1_drop_pts']:.2f} | "
+                     f"{100 * f['top1_agreement']:.2f} | {f['max_abs_logit_diff']:.2e} | {f['min_cosine']:.6f} |")
+    return "\n".join(lines)

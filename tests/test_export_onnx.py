@@ -1,0 +1,59 @@
+"""ONNX pipeline end to end on the trained CI model and real Fashion-MNIST images."""
+
+import json
+
+import onnx
+import pytest
+
+from mbv3_mobile.pipeline import GateFailure, PipelineError, load_pipeline, run_pipeline
+
+
+@pytest.fixture(scope="module")
+def onnx_run(trained_ci_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist")
+    spec = load_pipeline("onnx")
+    params = {"checkpoint": str(trained_ci_checkpoint), "out": str(out), "parity_images": 500, "calib_images": 100}
+    return spec, params, run_pipeline(spec, params, progress=False), out
+
+
+def test_artifacts_manifest_and_figures(onnx_run):
+    _, _, results, out = onnx_run
+    folder = out / "mobilenet_v3_small_050_32px"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    names = {f["path"] for f in manifest["files"]}
+    assert {"model.onnx", "model_int8.onnx", "labels.txt", "README.md"} <= names
+    assert manifest["preprocessing"]["mean"] == [0.286] * 3 and manifest["labels"][9] == "Ankle boot"
+    model = onnx.load(str(folder / "model.onnx"))
+    assert model.opset_import[0].version == 18
+    onnx.checker.check_model(model, full_check=True)
+    fp32, int8 = manifest["figures"]["fp32"], manifest["figures"]["int8"]
+    assert fp32["images"] == 500 and fp32["top1_agreement"] == 1.0 and fp32["max_abs_logit_diff"] <= 1e-4
+    assert int8["images"] == 10000 and int8["top1_drop_pts"] <= 0.5
+    assert fp32["reference_top1"] > 0.5  # a trained model, not chance (10 %)
+
+
+def test_rerun_is_cached_and_a_parameter_reruns_only_downstream(onnx_run):
+    spec, params, first, _ = onnx_run
+    again = run_pipeline(spec, params, progress=False)
+    assert all(r.cached for k, r in again.items() if k not in ("package", "_total"))
+    changed = run_pipeline(spec, {**params, "calib_images": 50}, progress=False)
+    rerun = {k for k, r in changed.items() if not r.cached and k != "_total"}
+    assert rerun == {"quantize[int8]", "verify[int8]", "package"}
+
+
+def test_failing_gate_publishes_nothing(trained_ci_checkpoint, tmp_path):
+    spec = load_pipeline("onnx")
+    strict = spec.__class__(**{**spec.__dict__, "gates": {**spec.gates, "fp32_max_abs_logit": 1e-12}})
+    with pytest.raises(GateFailure, match="max_abs_logit_diff"):
+        run_pipeline(strict, {"checkpoint": str(trained_ci_checkpoint), "out": str(tmp_path), "variants": ["fp32"],
+                              "parity_images": 100}, progress=False)
+    assert not any(tmp_path.iterdir())
+
+
+def test_wrong_arch_is_a_clear_error(trained_ci_checkpoint, tmp_path):
+    with pytest.raises(PipelineError, match="seems to be|asked for"):
+        run_pipeline(load_pipeline("onnx"), {"checkpoint": str(trained_ci_checkpoint), "arch": "large",
+                                             "out": str(tmp_path)}, progress=False)
+    with pytest.raises(PipelineError, match="does not exist"):
+        run_pipeline(load_pipeline("onnx"), {"checkpoint": str(tmp_path / "missing.pth"), "out": str(tmp_path)},
+                     progress=False)
