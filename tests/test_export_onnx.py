@@ -57,3 +57,26 @@ def test_wrong_arch_is_a_clear_error(trained_ci_checkpoint, tmp_path):
     with pytest.raises(PipelineError, match="does not exist"):
         run_pipeline(load_pipeline("onnx"), {"checkpoint": str(tmp_path / "missing.pth"), "out": str(tmp_path)},
                      progress=False)
+
+
+def test_drift_localisation_names_the_perturbed_block(trained_ci_checkpoint, fashion_test, tmp_path):
+    import copy
+
+    import torch
+
+    from mbv3_mobile import load_checkpoint
+    from mbv3_mobile.data import BatchTransform
+    from mbv3_mobile.drift import localize
+    from mbv3_mobile.export_onnx import export_onnx, module_outputs, module_scopes
+
+    ck = load_checkpoint(trained_ci_checkpoint)
+    image = BatchTransform(ck.preprocessing)(fashion_test.images[:1])
+    good = export_onnx(ck.model, 32, tmp_path / "good.onnx")
+    clean = localize(ck.model, image, module_outputs(good, image, module_scopes(good)), 1e-4)
+    assert clean.module is None and len(clean.compared) > 50
+    broken = copy.deepcopy(ck.model)
+    with torch.no_grad():
+        broken.features[7].block[1][0].weight.mul_(1.05)  # one depthwise conv in block 7
+    bad = export_onnx(broken, 32, tmp_path / "bad.onnx")
+    report = localize(ck.model, image, module_outputs(bad, image, module_scopes(bad)), 1e-4)
+    assert report.module is not None and report.module.startswith("features.7.block.1"), report.table()

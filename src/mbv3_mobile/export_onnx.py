@@ -152,3 +152,36 @@ def intermediate_outputs(path: str | os.PathLike, image: torch.Tensor) -> dict[s
     names = [o.name for o in sess.get_outputs()]
     values = sess.run(names, {sess.get_inputs()[0].name: image.numpy().astype(np.float32)})
     return dict(zip(names, values))
+
+
+def module_scopes(path: str | os.PathLike) -> dict[str, list[str]]:
+    """ONNX value name -> nn.Module scopes, from the dynamo exporter's `pkg.torch.onnx.name_scopes`
+    node metadata (present in the raw export; onnxsim drops metadata but keeps value names)."""
+    import ast
+
+    import onnx
+
+    scopes: dict[str, list[str]] = {}
+    for node in onnx.load(str(path)).graph.node:
+        meta = {p.key: p.value for p in node.metadata_props}
+        if "pkg.torch.onnx.name_scopes" not in meta:
+            continue
+        names = [s for s in ast.literal_eval(meta["pkg.torch.onnx.name_scopes"])[:-1] if s]  # last entry: the op
+        for out in node.output:
+            scopes[out] = names
+    return scopes
+
+
+def module_outputs(path: str | os.PathLike, image: torch.Tensor, scopes: dict[str, list[str]]) -> dict[str, np.ndarray]:
+    """{module path: output} for one image: each module's output is the last node (graph order)
+    inside its scope."""
+    import onnx
+
+    values = intermediate_outputs(path, image[:1])
+    out: dict[str, np.ndarray] = {}
+    for node in onnx.load(str(path)).graph.node:
+        for name in node.output:
+            for module in scopes.get(name, ()):
+                if name in values:
+                    out[module] = values[name]
+    return out
