@@ -86,3 +86,15 @@ def export_ios(session: nox.Session) -> None:
 def export_onnx(session: nox.Session) -> None:
     """ONNX (opset 18, onnxsim) + ORT int8: `nox -s export_onnx -- --variants fp32`."""
     _export(session, "onnx")
+
+
+@nox.session
+def parity(session: nox.Session) -> None:
+    """Parity matrix over every format: `nox -s parity -- --images 1000 [--localize]`."""
+    run(session, str(BIN / "mbv3"), "parity", *session.posargs)
+
+
+@nox.session(name="eval")
+def eval_(session: nox.Session) -> None:
+    """Top-1/top-5, per-class, confusion PNG: `nox -s eval -- --checkpoint runs/train/model.safetensors`."""
+    run(session, str(BIN / "mbv3"), "eval", *session.posargs)

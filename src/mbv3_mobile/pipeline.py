@@ -86,6 +86,8 @@ def load_pipeline(name_or_path: str | os.PathLike) -> PipelineSpec:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise PipelineError(f"cannot read pipeline {path}: {exc}") from None
     stages = []
+    if not data.get("stages") and "name" not in data:
+        raise PipelineError(f"{path} declares no pipeline (needs name and [[stages]])")
     for raw in data.get("stages", []):
         unknown = set(raw) - {"name", "run", "inputs", "params", "variant_params", "foreach", "publish", "cache"}
         if unknown:
@@ -282,6 +284,8 @@ def parse_overrides(spec: PipelineSpec, argv: list[str]) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog=f"mbv3 export {spec.name}", description=spec.title)
     for name, default in spec.params.items():
         flag = "--" + name.replace("_", "-")
+        if isinstance(default, dict):
+            continue  # tables are set in the TOML, not on the command line
         if isinstance(default, bool):
             parser.add_argument(flag, dest=name, default=None, action=argparse.BooleanOptionalAction)
         elif isinstance(default, list):

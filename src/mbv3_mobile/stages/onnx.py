@@ -102,3 +102,25 @@ print(open("labels.txt").read().split("\\n")[int(logits.argmax())])
 
 {table}
 """
+
+
+def parity_entries(results: dict) -> list:
+    """Rows for the parity matrix: ORT fp32 (with drift localisation) and ORT int8."""
+    from ..parity import FormatEntry
+
+    raw = results["export"].file(RAW)
+    entries = []
+    for variant in ("fp32", "int8"):
+        key = f"quantize[{variant}]"
+        if key not in results:
+            continue
+        path = results[key].file(FILES[variant])
+        session = ox.ort_session(path)
+        entries.append(FormatEntry(
+            name=f"onnx {variant} (onnxruntime)",
+            precision="fp32" if variant == "fp32" else "int8",
+            run=lambda x, s=session: ox.run_onnx(s, x),
+            module_outputs=(lambda img, p=path: ox.module_outputs(p, img, ox.module_scopes(raw))) if variant == "fp32" else None,
+            note="static QDQ, per-channel weights" if variant == "int8" else "",
+        ))
+    return entries
