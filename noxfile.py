@@ -1,4 +1,4 @@
-"""Sessions: tests, lint, info, train, export_android, export_ios, export_onnx, parity, harness, bench.
+"""Sessions: tests, lint, info, train, eval, export_android, export_ios, export_onnx, parity, harness, bench.
 
 Every session runs in ONE shared virtualenv, `.nox/stack`, holding the pinned stack from
 pyproject.toml. The stack is ~1.7 GB; a venv per session would reinstall it for each. The venv is
@@ -98,3 +98,13 @@ def parity(session: nox.Session) -> None:
 def eval_(session: nox.Session) -> None:
     """Top-1/top-5, per-class, confusion PNG: `nox -s eval -- --checkpoint runs/train/model.safetensors`."""
     run(session, str(BIN / "mbv3"), "eval", *session.posargs)
+
+
+@nox.session
+def harness(session: nox.Session) -> None:
+    """Device harness: `nox -s harness -- --target adb --serial X --model dist/android/...`
+    (leading options mean `run`; also `-- build --target linux-aarch64`, `-- devices`)."""
+    args = list(session.posargs) or ["--help"]
+    if args[0].startswith("-") and args[0] not in ("-h", "--help"):
+        args = ["run", *args]
+    run(session, str(BIN / "python"), "-m", "mobile_harness", *args)
