@@ -177,11 +177,9 @@ def module_outputs(path: str | os.PathLike, image: torch.Tensor, scopes: dict[st
     inside its scope."""
     import onnx
 
+    from .drift import outputs_by_module
+
     values = intermediate_outputs(path, image[:1])
-    out: dict[str, np.ndarray] = {}
-    for node in onnx.load(str(path)).graph.node:
-        for name in node.output:
-            for module in scopes.get(name, ()):
-                if name in values:
-                    out[module] = values[name]
-    return out
+    ordered = [(scopes[name][-1], values[name]) for node in onnx.load(str(path)).graph.node
+               for name in node.output if scopes.get(name) and name in values]
+    return outputs_by_module(ordered)

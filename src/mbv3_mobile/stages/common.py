@@ -89,8 +89,7 @@ def eval_images(spec: str, preprocessing: Preprocessing, labels: list[str], *, s
             f"the data's classes {list(ds.classes)[:5]}... do not match the model's labels {list(labels)[:5]}...; "
             "pass --eval-data / --calib-data with an ImageFolder of the model's classes"
         )
-    if limit is not None and limit < len(ds):
-        ds = balanced_subset(ds, max(1, limit // len(ds.classes)), seed=seed)
+    ds = _limited(ds, limit, seed)
     transform = BatchTransform(preprocessing)
     x = torch.cat([transform(ds.images[i : i + 1024]) for i in range(0, len(ds), 1024)])
     return x, ds.labels.clone()
@@ -101,9 +100,18 @@ def uint8_images(spec: str, labels: list[str], *, split: str = "test", limit: in
     ds = load_fashion_mnist(split) if spec in ("fashion-mnist", "fashion_mnist", "fmnist") else None
     if ds is None:
         raise PipelineError("uint8 image export is implemented for Fashion-MNIST only")
-    if limit is not None and limit < len(ds):
-        ds = balanced_subset(ds, max(1, limit // len(ds.classes)), seed=seed)
+    ds = _limited(ds, limit, seed)
     return ds.images, ds.labels
+
+
+def _limited(ds, limit: int | None, seed: int):
+    """Exactly `limit` images, spread evenly over the classes (seeded), in dataset order."""
+    if limit is None or limit >= len(ds):
+        return ds
+    per_class = -(-limit // len(ds.classes))
+    pool = balanced_subset(ds, per_class, seed=seed)
+    keep = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:limit]
+    return pool.subset(keep.sort().values)
 
 
 # ---------------------------------------------------------------- figures
