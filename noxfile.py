@@ -63,7 +63,8 @@ def info(session: nox.Session) -> None:
 @nox.session
 def train(session: nox.Session) -> None:
     """Train/fine-tune: `nox -s train -- --arch small --resolution 32 --epochs 8 --out runs/fmnist`."""
-    run(session, str(BIN / "mbv3"), "train", *session.posargs)
+    # No arguments: train (or reuse) the pipelines' embedded default model, recipe "default".
+    run(session, str(BIN / "mbv3"), "train", *(session.posargs or ["--recipe", "default"]))
 
 
 def _export(session: nox.Session, pipeline: str) -> None:

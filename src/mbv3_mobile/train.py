@@ -2,18 +2,30 @@
 
 Recipe (torchvision/timm spirit, all configurable): AdamW (or SGD / RMSprop), linear warmup then
 cosine decay per step, label smoothing, no weight decay on norm/bias, EMA of weights (evaluated and
-exported when enabled), channels_last. Each epoch writes `last.state.pt` atomically; `--resume`
-continues from it with optimizer/scheduler/EMA state. Every epoch reseeds from (seed, epoch), so a
-resumed run takes the exact path of an uninterrupted one.
+exported when enabled), channels_last, flip/translate/random-erasing augmentation. BatchNorm
+statistics of the evaluated/exported model are recomputed on training images (see `_recalibrated`).
+
+Each epoch writes `last.state.pt` atomically (model, optimizer, scheduler, EMA, metrics). Random
+streams are re-derived from (seed, epoch, rank) at every epoch start, so the state at an epoch
+boundary fully determines the rest of the run: `--resume` after a kill takes the exact path of an
+uninterrupted run.
+
+Under `torchrun --nproc-per-node N` the same entry point trains with DDP (gloo on CPU, nccl on
+GPU) and a DistributedSampler; rank 0 validates and writes files, and at the end every rank's
+weights are compared by hash (a divergence is an error, not a silent difference).
 """
 
 from __future__ import annotations
 
+import copy
+import csv
+import hashlib
+import io
 import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -21,23 +33,29 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from .atomic import atomic_path
+from .atomic import atomic_path, write_text_atomic
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import ModelConfig
+from .config import ARCHS, WIDTHS, ModelConfig, check_resolution
 from .data import (
+    FASHION_MNIST_NAMES,
     ArrayDataset,
     BatchTransform,
     ImageFolderDataset,
+    balanced_subset,
     fashion_mnist_preprocessing,
     load_fashion_mnist,
     train_val_split,
 )
-from .errors import UserError
+from .errors import ConfigError, UserError
 from .model import MobileNetV3, build_model
 from .preprocess import Preprocessing
 
 STATE_FILE = "last.state.pt"
 FINAL_FILE = "model.safetensors"
+SUMMARY_FILE = "summary.json"
+OPTIMIZERS = ("adamw", "sgd", "rmsprop")
+# Settings that may change between a run and its resume without changing its result.
+RESUME_FREE_FIELDS = frozenset({"out_dir", "progress", "num_workers"})
 
 
 @dataclass
@@ -48,6 +66,7 @@ class TrainConfig:
     arch: str = "small"
     width: float = 1.0
     minimal: bool = False
+    num_classes: int | None = None  # None: the data's class count (given, it must match it)
     resolution: int = 32
     epochs: int = 10
     batch_size: int = 128
@@ -59,7 +78,9 @@ class TrainConfig:
     label_smoothing: float = 0.1
     ema_decay: float = 0.999  # 0 disables EMA
     dropout: float = 0.2
-    augment: bool = True
+    augment: bool = True  # random flip + translation
+    translate: float = 0.125  # max shift, fraction of the side
+    random_erasing: float = 0.0  # probability, applied when augment is on
     channels_last: bool = True
     seed: int = 0
     val_fraction: float = 1 / 12
@@ -68,13 +89,40 @@ class TrainConfig:
     freeze_backbone: bool = False
     strict_images: bool = False
     num_workers: int = 0
+    processes: int = 1  # >1: DDP workers launched on this machine (ignored under torchrun); batch_size is per process
     bn_recalibration_images: int = 4096  # 0 keeps the running statistics as trained
-    stop_after_steps: int | None = None  # for tests: stop (as if killed) after this many steps
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    def validate(self) -> None:
+        """Raise a ConfigError naming the first bad setting and its valid range."""
+        ModelConfig(arch=self.arch, width=self.width, dropout=self.dropout, minimal=self.minimal)
+        check_resolution(self.resolution)
+        checks = [
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
+            (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
+            (self.warmup_epochs >= 0, f"warmup epochs must be >= 0, got {self.warmup_epochs}"),
+            (0 <= self.label_smoothing < 1, f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (0 <= self.ema_decay < 1, f"EMA decay must be in [0, 1) (0 disables it), got {self.ema_decay}"),
+            (0 <= self.translate < 0.5, f"translation must be a fraction of the side in [0, 0.5), got {self.translate}"),
+            (0 <= self.random_erasing <= 1, f"random erasing probability must be in [0, 1], got {self.random_erasing}"),
+            (self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}: use {', '.join(OPTIMIZERS)}"),
+            (self.val_dataset is not None or 0 < self.val_fraction < 1,
+             f"validation fraction must be in (0, 1), got {self.val_fraction}"),
+            (self.num_classes is None or self.num_classes >= 1, f"num_classes must be >= 1, got {self.num_classes}"),
+            (self.max_train_images is None or self.max_train_images >= 1,
+             f"max train images must be >= 1, got {self.max_train_images}"),
+            (self.bn_recalibration_images >= 0, "BN recalibration images must be >= 0 (0 disables it)"),
+            (self.processes >= 1, f"processes must be >= 1, got {self.processes}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
 
 
 @dataclass
@@ -82,75 +130,98 @@ class TrainResult:
     checkpoint: Path
     metrics: list[dict]
     out_dir: Path
+    model: MobileNetV3 | None = None  # the evaluated/exported model (EMA + recalibrated BN), on CPU
+    summary: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- distributed helpers
 
 
-def _dist_setup() -> tuple[int, int, torch.device]:
+def _dist_setup() -> tuple[int, int, torch.device, bool]:
+    """(rank, world size, device, whether this call created the process group)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    created = False
     if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        created = True
     rank = dist.get_rank() if dist.is_initialized() else 0
     if torch.cuda.is_available():
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
-        return rank, world, torch.device("cuda", local)
-    return rank, world, torch.device("cpu")
+        return rank, world, torch.device("cuda", local), created
+    return rank, world, torch.device("cpu"), created
 
 
-def _is_main(rank: int) -> bool:
-    return rank == 0
+def _epoch_seed(cfg: TrainConfig, epoch: int, rank: int) -> int:
+    return ((cfg.seed * 1_000_003 + epoch) * 1_009 + rank) % (2**63)
+
+
+def state_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
+    """sha256 over sorted keys, dtypes, shapes and raw bytes: equal iff the tensors are bit-identical."""
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        t = state_dict[key].detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- data
 
 
-def _datasets(cfg: TrainConfig) -> tuple[ArrayDataset | ImageFolderDataset, ArrayDataset | ImageFolderDataset, Preprocessing]:
-    if cfg.dataset in ("fashion-mnist", "fashion_mnist", "fmnist"):
+def _datasets(cfg: TrainConfig) -> tuple[ArrayDataset, ArrayDataset, Preprocessing]:
+    if cfg.dataset in FASHION_MNIST_NAMES:
         full = load_fashion_mnist("train")
         train_ds, val_ds = train_val_split(full, cfg.val_fraction, seed=cfg.seed)
-        if cfg.max_train_images:
-            from .data import balanced_subset
-
-            train_ds = balanced_subset(train_ds, max(1, cfg.max_train_images // len(full.classes)), seed=cfg.seed)
-        return train_ds, val_ds, fashion_mnist_preprocessing(cfg.resolution)
-    folder = ImageFolderDataset(cfg.dataset, cfg.resolution, strict=cfg.strict_images)
-    if cfg.val_dataset:
-        val = ImageFolderDataset(cfg.val_dataset, cfg.resolution, strict=cfg.strict_images)
-        if val.classes != folder.classes:
-            raise UserError(f"validation classes {val.classes} differ from training classes {folder.classes}")
-        train_ds, val_ds = folder.to_arrays(), val.to_arrays()
+        pre = fashion_mnist_preprocessing(cfg.resolution)
     else:
-        train_ds, val_ds = train_val_split(folder.to_arrays(), cfg.val_fraction, seed=cfg.seed)
-    # ImageNet statistics: the usual choice for natural RGB images (and for transfer learning).
-    return train_ds, val_ds, Preprocessing(resolution=cfg.resolution)
+        folder = ImageFolderDataset(cfg.dataset, cfg.resolution, strict=cfg.strict_images)
+        if cfg.val_dataset:
+            val = ImageFolderDataset(cfg.val_dataset, cfg.resolution, strict=cfg.strict_images)
+            if val.classes != folder.classes:
+                raise UserError(f"validation classes {list(val.classes)} differ from training classes "
+                                f"{list(folder.classes)}; both trees need the same class folders")
+            train_ds, val_ds = folder.to_arrays(), val.to_arrays()
+        else:
+            train_ds, val_ds = train_val_split(folder.to_arrays(), cfg.val_fraction, seed=cfg.seed)
+        # ImageNet statistics: the usual choice for natural RGB images (and for transfer learning).
+        pre = Preprocessing(resolution=cfg.resolution)
+    if cfg.max_train_images and cfg.max_train_images < len(train_ds):
+        train_ds = balanced_subset(train_ds, max(1, cfg.max_train_images // len(train_ds.classes)), seed=cfg.seed)
+    if len(val_ds) == 0:
+        raise UserError(f"no validation images: {cfg.dataset} is too small to split off a validation set; "
+                        "add images or pass --val-dataset")
+    return train_ds, val_ds, pre
 
 
 # ---------------------------------------------------------------- model / optimiser
 
 
-def _make_model(cfg: TrainConfig, num_classes: int) -> MobileNetV3:
-    if cfg.init_checkpoint:
-        ckpt = load_checkpoint(cfg.init_checkpoint)
-        model = ckpt.model
-        if (model.config.arch, model.config.width, model.config.minimal) != (cfg.arch, cfg.width, cfg.minimal):
-            raise UserError(
-                f"--init-checkpoint is {model.config.name}, but the run asks for arch={cfg.arch} "
-                f"width={cfg.width} minimal={cfg.minimal}; pass matching --arch/--width/--minimal"
-            )
-        if model.config.num_classes != num_classes:
-            model.reset_classifier(num_classes)
-        model.config = ModelConfig(**{**model.config.to_dict(), "dropout": cfg.dropout})
-        model.classifier[2].p = cfg.dropout
-        model.train()
-    else:
-        model = build_model(arch=cfg.arch, width=cfg.width, num_classes=num_classes, dropout=cfg.dropout, minimal=cfg.minimal)
-    if cfg.freeze_backbone:
-        for p in model.features.parameters():
-            p.requires_grad_(False)
-    return model
+def _make_model(cfg: TrainConfig, classes: list[str]) -> MobileNetV3:
+    """From scratch, or from `init_checkpoint` with a new head when the classes differ."""
+    if not cfg.init_checkpoint:
+        return build_model(arch=cfg.arch, width=cfg.width, num_classes=len(classes), dropout=cfg.dropout,
+                           minimal=cfg.minimal)
+    ckpt = load_checkpoint(cfg.init_checkpoint)
+    c = ckpt.config
+    if (c.arch, c.width, c.minimal) != (cfg.arch, cfg.width, cfg.minimal):
+        raise UserError(
+            f"--init-checkpoint {cfg.init_checkpoint} is {c.name} (arch={c.arch}, width={c.width}, "
+            f"minimal={c.minimal}), but the run asks for arch={cfg.arch} width={cfg.width} minimal={cfg.minimal}; "
+            "pass matching --arch/--width/--minimal (the CLI takes them from the checkpoint when omitted)"
+        )
+    model = ckpt.model
+    same_classes = c.num_classes == len(classes) and (ckpt.labels is None or list(ckpt.labels) == list(classes))
+    if not same_classes:
+        model.reset_classifier(len(classes))  # transfer learning: a fresh last layer for the new classes
+    model.config = replace(model.config, dropout=cfg.dropout)
+    model.classifier[2].p = cfg.dropout
+    return model.train()
+
+
+def _freeze_backbone(model: MobileNetV3) -> None:
+    for p in model.features.parameters():
+        p.requires_grad_(False)
 
 
 def _ema_with_warmup(decay: float):
@@ -185,10 +256,8 @@ def _make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
         return torch.optim.AdamW(groups, lr=cfg.lr)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    if cfg.optimizer == "rmsprop":
-        # The paper's optimiser (TF RMSProp: decay 0.9, momentum 0.9, eps 0.0316 in torch's form).
-        return torch.optim.RMSprop(groups, lr=cfg.lr, alpha=0.9, momentum=cfg.momentum, eps=0.0316)
-    raise UserError(f"unknown optimizer {cfg.optimizer!r}: use adamw, sgd or rmsprop")
+    # The paper's optimiser (TF RMSProp: decay 0.9, momentum 0.9, eps 0.0316 in torch's form).
+    return torch.optim.RMSprop(groups, lr=cfg.lr, alpha=0.9, momentum=cfg.momentum, eps=0.0316)
 
 
 def _make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
@@ -204,7 +273,7 @@ def _make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoc
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-# ---------------------------------------------------------------- evaluation
+# ---------------------------------------------------------------- evaluation helpers
 
 
 @torch.no_grad()
@@ -213,9 +282,8 @@ def predict_logits(model: nn.Module, dataset, preprocessing: Preprocessing, *, b
     """Logits and labels for a whole dataset, in dataset order."""
     model.eval()
     transform = BatchTransform(preprocessing)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     outs, labels = [], []
-    for images, y in loader:
+    for images, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         x = transform(images).to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -230,67 +298,159 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int = 1) -> float:
     return (topk == labels.view(-1, 1)).any(dim=1).float().mean().item()
 
 
+def _recalibrated(model: nn.Module, dataset, pre: Preprocessing, cfg: TrainConfig, device) -> nn.Module:
+    """An eval-mode copy whose BN running statistics are recomputed exactly (cumulative mean) on
+    un-augmented training images.
+
+    MobileNetV3's BN momentum of 0.01 needs thousands of steps before running statistics match the
+    weights, and EMA weights never had statistics of their own: short runs and EMA models evaluate
+    badly without this. With a frozen backbone it is skipped: the head was trained on features
+    computed with the checkpoint's statistics, and changing them would shift its inputs.
+    """
+    model_copy = copy.deepcopy(model)
+    n = min(cfg.bn_recalibration_images, len(dataset))
+    if n <= 0 or cfg.freeze_backbone:
+        return model_copy.eval()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    idx = torch.randperm(len(dataset), generator=gen)[:n].sort().values
+    transform = BatchTransform(pre)
+    batches = (transform(dataset.images[idx[s : s + 256]]).to(device) for s in range(0, n, 256))
+    torch.optim.swa_utils.update_bn(batches, model_copy)
+    return model_copy.eval()
+
+
 # ---------------------------------------------------------------- the loop
 
 
 def train(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
-    rank, world, device = _dist_setup()
+    """Train (or fine-tune) per `cfg`; with `resume`, continue from OUT/last.state.pt.
+
+    With `cfg.processes` > 1 (and not already under torchrun) the run is handed to that many DDP
+    worker processes on this machine: on a small CPU, N single-threaded processes train much faster
+    than one N-threaded process (MobileNetV3's small convolutions parallelise poorly inside an op).
+    """
+    cfg.validate()
+    if cfg.processes > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch_workers(cfg, resume)
+    rank, world, device, created_group = _dist_setup()
+    try:
+        return _train(cfg, resume, rank, world, device)
+    finally:
+        if created_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _check_out_dir(out: Path, resume: bool) -> None:
+    if not resume and (out / STATE_FILE).exists():
+        raise UserError(f"{out} already holds a run ({STATE_FILE}): pass --resume to continue it, "
+                        "or choose another --out (or delete that folder) to start over")
+    if resume and not (out / STATE_FILE).is_file():
+        raise UserError(f"--resume: there is no {STATE_FILE} in {out}; start without --resume")
+
+
+def _launch_workers(cfg: TrainConfig, resume: bool) -> TrainResult:
+    """Run `cfg` as `torchrun --standalone --nproc-per-node N` workers (this module's __main__),
+    each with an equal share of the CPU threads; their output goes to this process's terminal."""
+    import subprocess
+    import sys
+
+    out = Path(cfg.out_dir)
+    _check_out_dir(out, resume)
+    for folder in (cfg.dataset, cfg.val_dataset):  # the common mistake, reported before any worker starts
+        if folder and folder not in FASHION_MNIST_NAMES and not Path(folder).is_dir():
+            raise UserError(f"dataset {folder!r} is neither 'fashion-mnist' nor an ImageFolder directory")
+    threads = max(1, (os.cpu_count() or 1) // cfg.processes)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(cfg.processes),
+           "-m", "mbv3_mobile.train", json.dumps(asdict(cfg))] + (["--resume"] if resume else [])
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    env.pop("WORLD_SIZE", None)
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        code = proc.wait()
+    except BaseException:  # Ctrl-C / kill of this process: let torchrun stop its workers, not orphan them
+        proc.terminate()
+        proc.wait()
+        raise
+    if code != 0:
+        raise UserError(f"the {cfg.processes} training processes failed (exit {code}); their messages are above")
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    final = out / FINAL_FILE
+    return TrainResult(checkpoint=final, metrics=metrics, out_dir=out, model=load_checkpoint(final).model,
+                       summary=json.loads((out / SUMMARY_FILE).read_text()))
+
+
+def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.device) -> TrainResult:
+    main = rank == 0
     out = Path(cfg.out_dir)
     state_path = out / STATE_FILE
-    if _is_main(rank):
-        out.mkdir(parents=True, exist_ok=True)
+    _check_out_dir(out, resume)
+    state = _load_state(state_path, cfg, world, device) if resume else None
     train_ds, val_ds, pre = _datasets(cfg)
     classes = list(train_ds.classes)
-    model = _make_model(cfg, len(classes)).to(device)
+    if cfg.num_classes is not None and cfg.num_classes != len(classes):
+        raise UserError(f"--num-classes {cfg.num_classes} but {cfg.dataset} has {len(classes)} classes "
+                        f"({', '.join(classes[:10])}); the head is sized by the data: omit --num-classes")
+
+    torch.manual_seed(cfg.seed)  # identical initialisation (and new heads) on every rank and rerun
+    if state is None:
+        model = _make_model(cfg, classes)
+    else:  # the architecture only: weights come from the state (the init checkpoint may be gone)
+        model = build_model(ModelConfig.from_dict(state["model_config"]))
+    if cfg.freeze_backbone:
+        _freeze_backbone(model)
+    model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ema = None
     if cfg.ema_decay > 0:
-        ema = torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=_ema_with_warmup(cfg.ema_decay), use_buffers=True
-        )
+        ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=_ema_with_warmup(cfg.ema_decay), use_buffers=True)
     steps_per_epoch = math.ceil(len(train_ds) / (cfg.batch_size * world))
     opt = _make_optimizer(cfg, model)
     sched = _make_scheduler(cfg, opt, steps_per_epoch)
     start_epoch, metrics = 0, []
-    if resume:
-        if not state_path.is_file():
-            raise UserError(f"--resume: no {STATE_FILE} in {out}; start without --resume")
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        if state["config"]["arch"] != cfg.arch or state["config"]["width"] != cfg.width:
-            raise UserError(f"--resume: {state_path} is from a run with another model; use a fresh --out")
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        if ema is not None and state.get("ema") is not None:
+        if ema is not None:
             ema.load_state_dict(state["ema"])
         start_epoch, metrics = state["epoch"] + 1, json.loads(state["metrics"])
+        del state
+
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    transform = BatchTransform(pre, augment=cfg.augment)
-    if _is_main(rank):
-        (out / "train_config.json").write_text(cfg.to_json())
-    steps_done = start_epoch * steps_per_epoch
+    transform = BatchTransform(pre, augment=cfg.augment, translate=cfg.translate, random_erasing=cfg.random_erasing)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "train_config.json", cfg.to_json())
 
-    for epoch in range(start_epoch, cfg.epochs):
-        torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout & co: epoch-keyed, so resume is exact
-        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+    show = cfg.progress and main
+    epoch_bar = _progress(range(start_epoch, cfg.epochs), enabled=show, desc="epochs", total=cfg.epochs,
+                          initial=start_epoch, position=0, leave=True)
+    eval_model = None
+    for epoch in epoch_bar:
+        seed = _epoch_seed(cfg, epoch, rank)
+        torch.manual_seed(seed)  # dropout: epoch-keyed, so a resumed run draws the same masks
+        aug_gen = torch.Generator().manual_seed(seed)
         if world > 1:
             sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
             sampler.set_epoch(epoch)
         else:
-            sampler = RandomSampler(train_ds, generator=gen)
-        loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers, drop_last=False)
+            sampler = RandomSampler(train_ds, generator=torch.Generator().manual_seed(_epoch_seed(cfg, epoch, 0) + 1))
+        loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers)
         net.train()
-        t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
-        bar = _progress(loader, enabled=cfg.progress and _is_main(rank), desc=f"epoch {epoch + 1}/{cfg.epochs}")
-        for images, labels in bar:
-            x = transform(images, gen).to(device, non_blocking=True)
+        if cfg.freeze_backbone:
+            model.features.eval()  # frozen backbone: keep its BN statistics as loaded
+        t0 = time.perf_counter()
+        stats = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, seen (no per-step sync)
+        bar = _progress(loader, enabled=show, desc=f"epoch {epoch + 1}/{cfg.epochs}", position=1, leave=False)
+        for step, (images, labels) in enumerate(bar):
+            x = transform(images, aug_gen).to(device, non_blocking=True)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            y = labels.to(device)
+            y = labels.to(device, non_blocking=True)
             logits = net(x)
             loss = criterion(logits, y)
             opt.zero_grad(set_to_none=True)
@@ -299,72 +459,120 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
             sched.step()
             if ema is not None:
                 ema.update_parameters(model)
-            seen += len(y)
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            steps_done += 1
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
-            if cfg.stop_after_steps is not None and steps_done >= cfg.stop_after_steps:
-                return TrainResult(checkpoint=state_path, metrics=metrics, out_dir=out)
-        eval_model = _recalibrated(ema.module if ema is not None else model, train_ds, pre, cfg, device)
-        val_logits, val_labels = predict_logits(eval_model, val_ds, pre, device=device)
+            with torch.no_grad():
+                stats[0] += loss.detach().double() * len(y)
+                stats[1] += (logits.argmax(1) == y).sum()
+                stats[2] += len(y)
+            if show and step % 20 == 0:
+                bar.set_postfix(loss=f"{stats[0] / stats[2]:.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+        if world > 1:
+            _sync_epoch_end(model, ema, stats)
+        stats = stats.cpu()
+        train_seconds = time.perf_counter() - t0
         row = {
             "epoch": epoch + 1,
-            "train_loss": loss_sum / max(1, seen),
-            "train_acc": correct / max(1, seen),
-            "val_loss": nn.functional.cross_entropy(val_logits, val_labels).item(),
-            "val_top1": accuracy(val_logits, val_labels, 1),
-            "val_top5": accuracy(val_logits, val_labels, 5),
-            "lr": sched.get_last_lr()[0],
-            "epoch_seconds": time.perf_counter() - t0,
-            "images_per_second": seen * world / (time.perf_counter() - t0),
+            "train_loss": (stats[0] / stats[2]).item(),
+            "train_acc": (stats[1] / stats[2]).item(),
         }
-        metrics.append(row)
-        if _is_main(rank):
-            print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
-            _save_state(state_path, cfg, epoch, model, opt, sched, ema, metrics)
-            with open(out / "metrics.jsonl", "w") as f:
-                f.writelines(json.dumps(m) + "\n" for m in metrics)
+        if main:
+            eval_model = _recalibrated(ema.module if ema is not None else model, train_ds, pre, cfg, device)
+            val_logits, val_labels = predict_logits(eval_model, val_ds, pre, device=device)
+            row.update(
+                val_loss=nn.functional.cross_entropy(val_logits, val_labels).item(),
+                val_top1=accuracy(val_logits, val_labels, 1),
+                val_top5=accuracy(val_logits, val_labels, 5),
+                lr=sched.get_last_lr()[0],
+                train_seconds=train_seconds,
+                epoch_seconds=time.perf_counter() - t0,
+                images_per_second=stats[2].item() / train_seconds,  # all ranks (stats are summed)
+            )
+            metrics.append(row)
+            _save_state(state_path, cfg, world, epoch, model, opt, sched, ema, metrics)
+            _write_metrics(out, metrics)
+            _log(show, json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()}))
+
+    if eval_model is None:  # resumed a finished run, or a non-zero rank (it needs one for the check)
+        eval_model = _recalibrated(ema.module if ema is not None else model, train_ds, pre, cfg, device)
+    final_model = eval_model.to("cpu").to(memory_format=torch.contiguous_format)
     final = out / FINAL_FILE
-    if _is_main(rank):
-        best = eval_model.to("cpu").to(memory_format=torch.contiguous_format)
-        summary = metrics[-1] if metrics else {}
-        save_checkpoint(final, best, preprocessing=pre, labels=classes,
-                        extra={"train_config": asdict(cfg), "val_top1": summary.get("val_top1"), "epochs": len(metrics)})
+    summary = {}
+    fingerprints = _check_ranks_agree(model, ema, final_model, world)
+    if main:
+        summary = _summary(cfg, metrics, final, world, fingerprints)
+        save_checkpoint(final, final_model, preprocessing=pre, labels=classes,
+                        extra={"train_config": asdict(cfg), **{k: summary[k] for k in ("val_top1", "val_top5", "epochs")}})
+        write_text_atomic(out / SUMMARY_FILE, json.dumps(summary, indent=2))
         plot_curves(metrics, out / "curves.png")
     if world > 1:
         dist.barrier()
-    return TrainResult(checkpoint=final, metrics=metrics, out_dir=out)
+    return TrainResult(checkpoint=final, metrics=metrics, out_dir=out, model=final_model, summary=summary)
 
 
-def _recalibrated(model: nn.Module, dataset, pre: Preprocessing, cfg: TrainConfig, device) -> nn.Module:
-    """A copy whose BN running statistics are recomputed exactly (cumulative mean) on training images.
-
-    MobileNetV3's BN momentum of 0.01 needs thousands of steps before running statistics match the
-    weights (and EMA weights never had statistics of their own); short fine-tunes and EMA models
-    evaluate badly without this. torch's `update_bn` does the pass.
-    """
-    import copy
-
-    model_copy = copy.deepcopy(model)
-    n = min(cfg.bn_recalibration_images, len(dataset))
-    if n <= 0:
-        return model_copy
-    gen = torch.Generator().manual_seed(cfg.seed)
-    idx = torch.randperm(len(dataset), generator=gen)[:n]
-    transform = BatchTransform(pre)
-    batches = (
-        transform(torch.stack([dataset[int(i)][0] for i in idx[s : s + 256]])).to(device)
-        for s in range(0, n, 256)
-    )
-    torch.optim.swa_utils.update_bn(batches, model_copy)
-    return model_copy.eval()
+def _sync_epoch_end(model: nn.Module, ema, stats: torch.Tensor) -> None:
+    """DDP keeps parameters identical but BN buffers drift per rank (each sees its own batches):
+    take rank 0's, so every rank (and a resume) continues from one state. Sum the epoch's stats."""
+    for module in (model, ema):
+        if module is not None:
+            for buf in module.buffers():
+                dist.broadcast(buf, src=0)
+    dist.all_reduce(stats)
 
 
-def _save_state(path: Path, cfg: TrainConfig, epoch: int, model, opt, sched, ema, metrics) -> None:
+def _check_ranks_agree(model, ema, final_model, world: int) -> list[dict]:
+    """Every rank's fingerprints of raw, EMA and final weights; in DDP they must all be equal."""
+    mine = {"model": state_fingerprint(model.state_dict()), "final": state_fingerprint(final_model.state_dict())}
+    if ema is not None:
+        mine["ema"] = state_fingerprint(ema.state_dict())
+    if world == 1:
+        return [mine]
+    everyone: list = [None] * world
+    dist.all_gather_object(everyone, mine)
+    if any(f != everyone[0] for f in everyone):
+        raise RuntimeError(f"DDP ranks ended with different weights: {everyone}")
+    return everyone
+
+
+def _summary(cfg: TrainConfig, metrics: list[dict], final: Path, world: int, fingerprints: list[dict]) -> dict:
+    last = metrics[-1] if metrics else {}
+    train_seconds = sum(m.get("train_seconds", 0.0) for m in metrics)
+    images = sum(m.get("images_per_second", 0.0) * m.get("train_seconds", 0.0) for m in metrics)
+    return {
+        "checkpoint": str(final),
+        "model": f"mobilenet_v3_{cfg.arch}_{int(round(cfg.width * 100)):03d}",
+        "resolution": cfg.resolution,
+        "epochs": len(metrics),
+        "val_top1": last.get("val_top1"),
+        "val_top5": last.get("val_top5"),
+        "train_seconds": train_seconds,
+        "epoch_seconds": sum(m.get("epoch_seconds", 0.0) for m in metrics),
+        "images_per_second": images / train_seconds if train_seconds else None,
+        "world_size": world,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "threads": torch.get_num_threads(),
+        "rank_fingerprints": fingerprints,
+    }
+
+
+def _load_state(path: Path, cfg: TrainConfig, world: int, device) -> dict:
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any reader failure means an unusable file
+        raise UserError(f"--resume: {path} is unreadable ({type(exc).__name__}); delete it to start over") from None
+    old, new = state["config"], asdict(cfg)
+    diffs = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if k not in RESUME_FREE_FIELDS and old.get(k) != v]
+    if state.get("world_size", 1) != world:
+        diffs.append(f"processes: {state.get('world_size', 1)} -> {world}")
+    if diffs:
+        raise UserError(f"--resume: {path} was written by a run with other settings ({'; '.join(diffs)}); "
+                        "resume with the same options, or use a fresh --out")
+    return state
+
+
+def _save_state(path: Path, cfg: TrainConfig, world: int, epoch: int, model, opt, sched, ema, metrics) -> None:
     state = {
         "config": asdict(cfg),
+        "model_config": model.config.to_dict(),
+        "world_size": world,
         "epoch": epoch,
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
@@ -376,12 +584,31 @@ def _save_state(path: Path, cfg: TrainConfig, epoch: int, model, opt, sched, ema
         torch.save(state, tmp)
 
 
-def _progress(iterable, *, enabled: bool, desc: str):
+def _write_metrics(out: Path, metrics: list[dict]) -> None:
+    write_text_atomic(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
+    columns = list(dict.fromkeys(k for m in metrics for k in m))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(metrics)
+    write_text_atomic(out / "metrics.csv", buf.getvalue())
+
+
+def _progress(iterable, *, enabled: bool, desc: str, **kwargs):
     if not enabled:
         return iterable
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True)
+    return tqdm(iterable, desc=desc, dynamic_ncols=True, **kwargs)
+
+
+def _log(progress: bool, line: str) -> None:
+    if progress:
+        from tqdm.auto import tqdm
+
+        tqdm.write(line)
+    else:
+        print(line, flush=True)
 
 
 def plot_curves(metrics: list[dict], path: Path) -> None:
@@ -391,19 +618,22 @@ def plot_curves(metrics: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [m["epoch"] for m in metrics]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(epochs, [m["train_loss"] for m in metrics], label="train")
-    ax1.plot(epochs, [m["val_loss"] for m in metrics], label="val")
+    ax1.plot(epochs, [m["train_loss"] for m in metrics], marker="o", label="train (with label smoothing)")
+    ax1.plot(epochs, [m["val_loss"] for m in metrics], marker="o", label="val")
     ax1.set_xlabel("epoch")
-    ax1.set_ylabel("loss")
+    ax1.set_ylabel("cross-entropy loss")
     ax1.legend()
-    ax2.plot(epochs, [100 * m["train_acc"] for m in metrics], label="train top-1")
-    ax2.plot(epochs, [100 * m["val_top1"] for m in metrics], label="val top-1")
+    ax2.plot(epochs, [100 * m["train_acc"] for m in metrics], marker="o", label="train top-1 (augmented)")
+    ax2.plot(epochs, [100 * m["val_top1"] for m in metrics], marker="o", label="val top-1")
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("accuracy (%)")
     ax2.legend()
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
@@ -414,40 +644,89 @@ def plot_curves(metrics: list[dict], path: Path) -> None:
 
 
 def register_cli(sub) -> None:
-    p = sub.add_parser("train", help="train or fine-tune on Fashion-MNIST or an ImageFolder tree")
+    p = sub.add_parser("train", help="train or fine-tune on Fashion-MNIST or an ImageFolder tree (torchrun-ready)",
+                       description="Train from scratch, or fine-tune from any checkpoint (--init-checkpoint). "
+                                   "Runs under `torchrun --nproc-per-node N -m mbv3_mobile train ...` with DDP.")
     d = TrainConfig()
-    p.add_argument("--out", dest="out_dir", default=d.out_dir)
+    p.add_argument("--out", dest="out_dir", default=d.out_dir, help="run folder (state, metrics, curves, model)")
     p.add_argument("--dataset", default=d.dataset, help="'fashion-mnist' or an ImageFolder root (root/class/*.jpg)")
     p.add_argument("--val-dataset", default=None, help="ImageFolder root for validation (default: split of train)")
-    p.add_argument("--arch", default=d.arch, choices=("large", "small"))
-    p.add_argument("--width", type=float, default=d.width)
-    p.add_argument("--minimal", action="store_true")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="held-out share of train for validation")
+    p.add_argument("--arch", default=None, choices=ARCHS, help="default: small, or the --init-checkpoint's")
+    p.add_argument("--width", type=float, default=None, choices=WIDTHS, help="default: 1.0, or the --init-checkpoint's")
+    p.add_argument("--minimal", action="store_true", default=None, help="TF-slim minimalistic variant")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classes of the (new) head; default and only valid value: the dataset's class count")
     p.add_argument("--resolution", type=int, default=d.resolution)
     p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--optimizer", default=d.optimizer, choices=("adamw", "sgd", "rmsprop"))
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
+    p.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS)
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (after warmup)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="not applied to norm/bias")
+    p.add_argument("--momentum", type=float, default=d.momentum, help="SGD / RMSprop momentum")
     p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     p.add_argument("--ema-decay", type=float, default=d.ema_decay, help="0 disables the EMA of weights")
     p.add_argument("--dropout", type=float, default=d.dropout)
-    p.add_argument("--no-augment", dest="augment", action="store_false")
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="no flip/translate/erasing")
+    p.add_argument("--translate", type=float, default=d.translate, help="max random shift, fraction of the side")
+    p.add_argument("--random-erasing", type=float, default=d.random_erasing, help="probability per image")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--max-train-images", type=int, default=None)
-    p.add_argument("--init-checkpoint", default=None, help="fine-tune from this checkpoint (new head if classes differ)")
-    p.add_argument("--freeze-backbone", action="store_true")
+    p.add_argument("--max-train-images", type=int, default=None, help="train on a class-balanced subset")
+    p.add_argument("--bn-recalibration-images", type=int, default=d.bn_recalibration_images)
+    p.add_argument("--init-checkpoint", default=None,
+                   help="fine-tune from this checkpoint (ours, torchvision or timm); new head if the classes differ")
+    p.add_argument("--freeze-backbone", action="store_true", help="train the classifier only (with --init-checkpoint)")
     p.add_argument("--strict-images", action="store_true", help="fail on unreadable images instead of skipping")
     p.add_argument("--num-workers", type=int, default=d.num_workers)
+    p.add_argument("--processes", type=int, default=d.processes,
+                   help="DDP worker processes to launch on this machine (like torchrun --nproc-per-node); "
+                        "--batch-size is per process")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars (one JSON line per epoch)")
     p.add_argument("--resume", action="store_true", help=f"continue from OUT/{STATE_FILE}")
-    p.set_defaults(func=_cmd_train)
+    p.add_argument("--recipe", default=None,
+                   help="train a named recipe of mbv3_mobile.zoo (e.g. 'default', the pipelines' embedded model) "
+                        "into its cache folder, resuming if interrupted; takes no other training option")
+    defaults = vars(p.parse_args([]))
+    p.set_defaults(func=_cmd_train, cli_defaults=defaults)
 
 
 def _cmd_train(args) -> int:
     fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    if args.recipe:
+        from .zoo import RECIPES, ensure_model
+
+        changed = [k for k, v in fields.items() if k != "progress" and v != args.cli_defaults.get(k)]
+        if changed or args.resume:
+            raise UserError(f"--recipe {args.recipe} fixes every training option; drop "
+                            f"{', '.join('--' + k.replace('_', '-') for k in changed) or '--resume'} "
+                            f"(or omit --recipe). Recipes: {', '.join(RECIPES)}")
+        path = ensure_model(args.recipe, progress=args.progress)
+        summary_path = path.parent / SUMMARY_FILE
+        s = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        val = f"val top-1 {100 * s['val_top1']:.2f} %" if s.get("val_top1") is not None else "trained"
+        print(f"[mbv3] recipe {args.recipe!r}: {path} ({val})")
+        return 0
+    arch_fields = ("arch", "width", "minimal")
+    if args.init_checkpoint and any(fields[k] is None for k in arch_fields):
+        cfg = load_checkpoint(args.init_checkpoint).config
+        fields.update({k: getattr(cfg, k) for k in arch_fields if fields[k] is None})
+    defaults = TrainConfig()
+    fields.update({k: getattr(defaults, k) for k in arch_fields if fields[k] is None})
     result = train(TrainConfig(**fields), resume=args.resume)
-    if result.metrics:
-        last = result.metrics[-1]
-        print(f"[mbv3] {result.checkpoint}: val top-1 {100 * last['val_top1']:.2f} % after {last['epoch']} epochs")
+    s = result.summary
+    if s:
+        print(f"[mbv3] {result.checkpoint}: val top-1 {100 * s['val_top1']:.2f} % after {s['epochs']} epochs "
+              f"({s['train_seconds']:.0f} s training, {s['images_per_second']:.0f} images/s)")
     return 0
+
+
+if __name__ == "__main__":  # a worker launched by _launch_workers (under torch.distributed.run)
+    import sys
+
+    try:
+        train(TrainConfig(**json.loads(sys.argv[1])), resume="--resume" in sys.argv[2:])
+    except UserError as exc:
+        print(f"mbv3 train: error: {exc}", file=sys.stderr)
+        sys.exit(2)
