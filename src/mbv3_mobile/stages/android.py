@@ -185,14 +185,15 @@ def parity_entries(results: dict) -> list:
     from ..parity import FormatEntry
 
     entries = []
-    for key, r in sorted(results.items()):
+    for _, r in sorted(results.items()):
         if r.name == "quantize" and r.variant != "fp32":
             gm = torch.export.load(r.file(PROGRAM)).module()
             entries.append(FormatEntry(f"eager int8 ({r.variant}, PT2E)", "int8",
                                        run=lambda x, m=gm: torch.cat([m(x[i : i + 1]) for i in range(len(x))]).detach()))
-    for key, r in sorted(results.items()):
+    for _, r in sorted(results.items()):
         if r.name == "lower":
             precision = "fp32" if r.variant == "fp32" else "int8"
+            pte = r.file(PTE)
             entries.append(FormatEntry(f"pte {r.variant} (ExecuTorch)", precision,
-                                       run=lambda x, p=r.file(PTE): et.run_pte(p, x)))
+                                       run=lambda x, p=pte: et.run_pte(p, x)))
     return entries
