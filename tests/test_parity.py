@@ -8,13 +8,26 @@ from mbv3_mobile.parity import run_parity
 from mbv3_mobile.pipeline import GateFailure
 
 
-def test_matrix_report_files_and_figures(trained_ci_checkpoint, tmp_path):
-    result, report = run_parity({"checkpoint": str(trained_ci_checkpoint), "formats": ["onnx"], "images": 300,
-                                 "out": str(tmp_path)}, progress=False)
+# The same settings as the per-format pipeline tests, so their cached stages are reused here.
+FORMAT_PARAMS = {
+    "android_params": {"parity_images": 500, "calib_images": 100, "bundle_images": 4},
+    "ios_params": {"variants": ["fp16", "fp32"], "parity_images": 300, "accuracy_images": 2000, "executorch_pte": False},
+    "onnx_params": {"parity_images": 500, "calib_images": 100},
+}
+
+
+def test_matrix_over_every_format(trained_ci_checkpoint, tmp_path):
+    result, report = run_parity({"checkpoint": str(trained_ci_checkpoint), "images": 300, "out": str(tmp_path),
+                                 **FORMAT_PARAMS}, progress=False)
     data = json.loads((report / "parity.json").read_text())
     assert (report / "parity.png").stat().st_size > 5000 and "| onnx fp32 (onnxruntime) |" in (report / "parity.md").read_text()
-    fp32 = data["rows"]["onnx fp32 (onnxruntime)"]
-    assert data["images"] == 300 and fp32["gate"] == "pass" and fp32["max_abs_logit_diff"] <= 1e-4
+    rows = data["rows"]
+    assert set(rows) == {"eager int8 (ptq, PT2E)", "pte fp32 (ExecuTorch)", "pte ptq (ExecuTorch)",
+                         "coreml fp16 (MIL interp.)", "coreml fp32 (MIL interp.)",
+                         "onnx fp32 (onnxruntime)", "onnx int8 (onnxruntime)"}
+    for name in ("pte fp32 (ExecuTorch)", "coreml fp32 (MIL interp.)", "onnx fp32 (onnxruntime)"):
+        assert rows[name]["max_abs_logit_diff"] <= 1e-4 and rows[name]["top1_agreement"] == 1.0, name
+    assert all(r["gate"] == "pass" and r["images"] == 300 for r in rows.values())
     assert 0.5 < data["reference_top1"] <= 1.0 and not data["failures"]
 
 

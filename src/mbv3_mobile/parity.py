@@ -164,8 +164,7 @@ def run_parity(params: dict, *, progress: bool = True) -> tuple[ParityResult, Pa
     resolve_result = results["resolve"]
     model, pre, labels = common.load_resolved(resolve_result)
     images, y = common.eval_images(p["data"], pre, labels, split="test", limit=p["images"] or None)
-    with torch.no_grad():
-        reference = torch.cat([model(images[i : i + 500]) for i in range(0, len(images), 500)])
+    reference = common.eager_logits(model, images)
     result = evaluate_entries(entries, reference, images, y, gates, progress=progress)
     failing = {f.split(":")[0] for f in result.failures}
     if p["localize"] or failing:

@@ -62,19 +62,12 @@ def lower(ctx: StageContext) -> dict:
 def verify(ctx: StageContext) -> dict:
     """fp32: parity with eager on `parity_images` real test images (top-1 agreement 100 %, max
     |dlogit| <= 1e-4). int8: accuracy on the whole test set vs eager fp32 (drop <= gate)."""
-    model, pre, labels = common.load_resolved(ctx.inputs["resolve"])
-    limit = ctx.params["parity_images"] if ctx.variant == "fp32" else None
-    x, y = common.eval_images(ctx.params["eval_data"], pre, labels, split="test", limit=limit)
-    with torch.no_grad():
-        ref = torch.cat([model(x[i : i + 500]) for i in range(0, len(x), 500)])
-    ctx.log(f"running {len(x)} real test images through the ExecuTorch runtime")
-    got = et.run_pte(ctx.inputs["lower"].file(PTE), x, progress=ctx.progress)
-    figures = common.compare_logits(ref, got, y)
-    if ctx.variant == "fp32":
-        rules = [("max_abs_logit_diff", "<=", "fp32_max_abs_logit"), ("top1_agreement", ">=", "fp32_top1_agreement")]
-    else:
-        rules = [("top1_drop_pts", "<=", f"{ctx.variant}_max_drop_pts")]
-    common.raise_if_failed(ctx, f".pte {ctx.variant}", common.check_gates(ctx, figures, rules), figures)
+    pte = ctx.inputs["lower"].file(PTE)
+    fp32 = ctx.variant == "fp32"
+    figures = common.verify_against_eager(
+        ctx, f".pte {ctx.variant} (ExecuTorch runtime)", lambda x, _pre: et.run_pte(pte, x, progress=ctx.progress),
+        limit=ctx.params["parity_images"] if fp32 else None,
+        rules=common.FP32_RULES if fp32 else common.drop_rules(f"{ctx.variant}_max_drop_pts"))
     return {"figures": figures}
 
 

@@ -157,6 +157,29 @@ def file_entry(path: Path, root: Path) -> dict:
 
 # ---------------------------------------------------------------- gates and publishing
 
+FP32_RULES = [("max_abs_logit_diff", "<=", "fp32_max_abs_logit"), ("top1_agreement", ">=", "fp32_top1_agreement")]
+
+
+def drop_rules(gate: str) -> list[tuple[str, str, str]]:
+    return [("top1_drop_pts", "<=", gate)]
+
+
+@torch.no_grad()
+def eager_logits(model: torch.nn.Module, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    return torch.cat([model.eval()(images[i : i + batch]) for i in range(0, len(images), batch)])
+
+
+def verify_against_eager(ctx: StageContext, what: str, run, *, limit: int | None, rules) -> dict:
+    """The verify stages' common shape: real test images -> eager fp32 reference and the format's
+    logits (`run(images, preprocessing)`) -> figures -> gates (raise, nothing published)."""
+    model, pre, labels = load_resolved(ctx.inputs["resolve"])
+    x, y = eval_images(ctx.params["eval_data"], pre, labels, split="test", limit=limit)
+    reference = eager_logits(model, x)
+    ctx.log(f"{what}: {len(x)} real test images")
+    figures = compare_logits(reference, run(x, pre), y)
+    raise_if_failed(ctx, what, check_gates(ctx, figures, rules), figures)
+    return figures
+
 
 def check_gates(ctx: StageContext, figures: dict, rules: list[tuple[str, str, str]]) -> list[str]:
     """rules: (figure key, '<=' or '>=', gate name in the pipeline's [gates]). Returns failures."""

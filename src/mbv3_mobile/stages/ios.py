@@ -69,24 +69,19 @@ def verify(ctx: StageContext) -> dict:
     """Through the MIL interpreter on real test images: fp32 parity with eager; fp16 accuracy drop;
     compressed variants reported (gated by `compressed_max_drop_pts`). On macOS, the real
     MLModel.predict is compared with the interpreter too."""
-    model, pre, labels = common.load_resolved(ctx.inputs["resolve"])
     precision, compression = ctx.inputs["convert"].meta["precision"], ctx.inputs["convert"].meta["compression"]
-    limit = ctx.params["parity_images"] if (precision == "fp32" and not compression) else ctx.params["accuracy_images"] or None
-    x, y = common.eval_images(ctx.params["eval_data"], pre, labels, split="test", limit=limit)
-    with torch.no_grad():
-        ref = torch.cat([model(x[i : i + 500]) for i in range(0, len(x), 500)])
     package = ctx.inputs["convert"].file(PACKAGE)
-    ctx.log(f"MIL reference interpreter on {len(x)} real test images")
-    figures = common.compare_logits(ref, run_package(package, x, pre), y)
+    exact = precision == "fp32" and not compression
     if compression:
-        rules = [("top1_drop_pts", "<=", "compressed_max_drop_pts")]
-    elif precision == "fp32":
-        rules = [("max_abs_logit_diff", "<=", "fp32_max_abs_logit"), ("top1_agreement", ">=", "fp32_top1_agreement")]
+        rules = common.drop_rules("compressed_max_drop_pts")
     else:
-        rules = [("top1_drop_pts", "<=", "fp16_max_drop_pts")]
-    common.raise_if_failed(ctx, f"Core ML {ctx.variant}", common.check_gates(ctx, figures, rules), figures)
+        rules = common.FP32_RULES if exact else common.drop_rules("fp16_max_drop_pts")
+    figures = common.verify_against_eager(
+        ctx, f"Core ML {ctx.variant} (MIL reference interpreter)", lambda x, pre: run_package(package, x, pre),
+        limit=ctx.params["parity_images"] if exact else ctx.params["accuracy_images"] or None, rules=rules)
     result = {"figures": figures, "engine": "mbv3_mobile.mil_interpreter (numpy reference)"}
     if sys.platform == "darwin":
+        _, pre, labels = common.load_resolved(ctx.inputs["resolve"])
         pictures = cm.app_pictures(common.uint8_images(ctx.params["eval_data"], labels, limit=200)[0], pre.resolution)
         native = cm.coreml_predict(package, pictures)
         interp = cm.interpreter_outputs(package, pictures)

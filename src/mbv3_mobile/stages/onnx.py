@@ -5,8 +5,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import torch
-
 from .. import export_onnx as ox
 from ..pipeline import StageContext, publish_dir
 from . import common
@@ -41,18 +39,12 @@ def quantize(ctx: StageContext) -> dict:
 
 def verify(ctx: StageContext) -> dict:
     """fp32: parity with eager on `parity_images` real test images; int8: accuracy on the full test set."""
-    model, pre, labels = common.load_resolved(ctx.inputs["resolve"])
-    limit = ctx.params["parity_images"] if ctx.variant == "fp32" else None
-    x, y = common.eval_images(ctx.params["eval_data"], pre, labels, split="test", limit=limit)
-    with torch.no_grad():
-        ref = torch.cat([model(x[i : i + 500]) for i in range(0, len(x), 500)])
-    got = ox.run_onnx(ctx.inputs["quantize"].file(FILES[ctx.variant]), x)
-    figures = common.compare_logits(ref, got, y)
-    if ctx.variant == "fp32":
-        rules = [("max_abs_logit_diff", "<=", "fp32_max_abs_logit"), ("top1_agreement", ">=", "fp32_top1_agreement")]
-    else:
-        rules = [("top1_drop_pts", "<=", "int8_max_drop_pts")]
-    common.raise_if_failed(ctx, f"ONNX {ctx.variant}", common.check_gates(ctx, figures, rules), figures)
+    path = ctx.inputs["quantize"].file(FILES[ctx.variant])
+    fp32 = ctx.variant == "fp32"
+    figures = common.verify_against_eager(
+        ctx, f"ONNX {ctx.variant} (onnxruntime)", lambda x, _pre: ox.run_onnx(path, x),
+        limit=ctx.params["parity_images"] if fp32 else None,
+        rules=common.FP32_RULES if fp32 else common.drop_rules("int8_max_drop_pts"))
     return {"figures": figures}
 
 
