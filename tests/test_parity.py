@@ -7,7 +7,6 @@ import pytest
 from mbv3_mobile.parity import run_parity
 from mbv3_mobile.pipeline import GateFailure
 
-
 # The same settings as the per-format pipeline tests, so their cached stages are reused here.
 FORMAT_PARAMS = {
     "android_params": {"parity_images": 500, "calib_images": 100, "bundle_images": 4},
