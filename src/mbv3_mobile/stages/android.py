@@ -11,7 +11,7 @@ import torch
 from .. import export_executorch as et
 from .. import quantize as q
 from ..data import load_fashion_mnist
-from ..pipeline import StageContext, publish_dir
+from ..pipeline import StageContext
 from . import common
 
 PROGRAM = "program.pt2"  # the (quantized) model as an ExportedProgram, batch 1
@@ -94,21 +94,17 @@ def _manager_from_pte(program_path: Path):
 
 
 def package(ctx: StageContext) -> dict:
-    resolved = ctx.inputs["resolve"].meta
-    variants = list(ctx.params["quant"])
-    name = common.output_name(ctx, resolved)
-    final = Path(ctx.params["out"]) / name
-    figures = {v: ctx.inputs[f"verify[{v}]"].meta["figures"] for v in variants}
+    pub = common.publication(ctx, "quant", ".pte {v} (ExecuTorch runtime)")
+    resolved, variants, figures = pub.resolved, pub.variants, pub.figures
     delegation = {v: ctx.inputs[f"lower[{v}]"].meta["delegation"] for v in variants}
     quant = {v: {k: val for k, val in ctx.inputs[f"quantize[{v}]"].meta.items() if k in ("quantization", "calibration_images", "qat", "scheme")}
              for v in variants}
-    table = common.figures_table({f".pte {v} (ExecuTorch runtime)": f for v, f in figures.items()})
 
     def build(folder: Path) -> None:
         for v in variants:
             shutil.copy2(ctx.inputs[f"lower[{v}]"].file(PTE), folder / f"{ARTIFACT[v]}.pte")
             shutil.copy2(ctx.inputs[f"bundle[{v}]"].file(BPTE), folder / f"{ARTIFACT[v]}.bpte")
-        (folder / "README.md").write_text(_readme(name, resolved, variants, table))
+        (folder / "README.md").write_text(_readme(pub.name, resolved, variants, pub.table))
         common.write_manifest(folder, fmt="executorch-xnnpack", resolved=resolved, figures=figures, extra={
             "input": common.input_spec(resolved, name="x"),
             "output": {"shape": [1, resolved["config"]["num_classes"]], "dtype": "float32", "meaning": "logits"},
@@ -116,9 +112,7 @@ def package(ctx: StageContext) -> dict:
                              "bundle_check": ctx.inputs[f"bundle[{v}]"].meta["bundle"]} for v in variants},
             "delegation": delegation, "gates": ctx.gates})
 
-    publish_dir(final, build)
-    print(f"\n{table}\n\n[android] published {final}", flush=True)
-    return {"published": str(final), "figures": figures}
+    return common.publish(ctx, pub, build)
 
 
 def _readme(name: str, resolved: dict, variants: list[str], table: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -232,6 +232,37 @@ def write_manifest(folder: Path, *, fmt: str, resolved: dict, figures: dict, ext
     }
     write_json(folder / "manifest.json", manifest)
     return manifest
+
+
+@dataclass
+class Publication:
+    """What a package stage publishes: the resolved model, variants, output folder and figures."""
+
+    resolved: dict
+    variants: list[str]
+    name: str
+    final: Path
+    figures: dict
+    table: str
+
+
+def publication(ctx: StageContext, variants_param: str, row_label: str) -> Publication:
+    """Gather the package stage's inputs; `row_label` is formatted with the variant (`{v}`)."""
+    resolved = ctx.inputs["resolve"].meta
+    variants = list(ctx.params[variants_param])
+    name = output_name(ctx, resolved)
+    figures = {v: ctx.inputs[f"verify[{v}]"].meta["figures"] for v in variants}
+    table = figures_table({row_label.format(v=v): f for v, f in figures.items()})
+    return Publication(resolved, variants, name, Path(ctx.params["out"]) / name, figures, table)
+
+
+def publish(ctx: StageContext, pub: Publication, build) -> dict:
+    """Build the folder atomically (nothing appears unless `build` completes), print the figures."""
+    from ..pipeline import publish_dir
+
+    publish_dir(pub.final, build)
+    print(f"\n{pub.table}\n\n[{ctx.pipeline.name}] published {pub.final}", flush=True)
+    return {"published": str(pub.final), "figures": pub.figures}
 
 
 def figures_table(rows: dict[str, dict]) -> str:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .. import export_coreml as cm
-from ..pipeline import PipelineError, StageContext, publish_dir
+from ..pipeline import PipelineError, StageContext
 from . import common
 
 PACKAGE = "model.mlpackage"
@@ -104,12 +104,8 @@ def executorch_coreml(ctx: StageContext) -> dict:
 
 
 def package(ctx: StageContext) -> dict:
-    resolved = ctx.inputs["resolve"].meta
-    variants = list(ctx.params["variants"])
-    name = common.output_name(ctx, resolved)
-    final = Path(ctx.params["out"]) / name
-    figures = {v: ctx.inputs[f"verify[{v}]"].meta["figures"] for v in variants}
-    table = common.figures_table({f"Core ML {v} (MIL interpreter)": f for v, f in figures.items()})
+    pub = common.publication(ctx, "variants", "Core ML {v} (MIL interpreter)")
+    resolved, variants, figures = pub.resolved, pub.variants, pub.figures
     et_meta = ctx.inputs["executorch_coreml"].meta
 
     def build(folder: Path) -> None:
@@ -122,7 +118,7 @@ def package(ctx: StageContext) -> dict:
             files[v] = target
         if (ctx.inputs["executorch_coreml"].dir / PTE).is_file():
             shutil.copy2(ctx.inputs["executorch_coreml"].file(PTE), folder / PTE)
-        (folder / "README.md").write_text(_readme(name, resolved, ctx.params, variants, files, table, et_meta))
+        (folder / "README.md").write_text(_readme(pub.name, resolved, ctx.params, variants, files, pub.table, et_meta))
         common.write_manifest(folder, fmt="coreml-mlprogram", resolved=resolved, figures=figures, extra={
             "input": {"name": cm.INPUT_NAME, "type": "ImageType", "color": "RGB",
                       "size": [resolved["preprocessing"]["resolution"]] * 2,
@@ -133,9 +129,7 @@ def package(ctx: StageContext) -> dict:
                          for v in variants},
             "deployment_target": ctx.params["deployment_target"], "executorch_coreml": et_meta, "gates": ctx.gates})
 
-    publish_dir(final, build)
-    print(f"\n{table}\n\n[ios] published {final}", flush=True)
-    return {"published": str(final), "figures": figures}
+    return common.publish(ctx, pub, build)
 
 
 def _readme(name, resolved, params, variants, files, table, et_meta) -> str:

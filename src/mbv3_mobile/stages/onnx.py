@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from .. import export_onnx as ox
-from ..pipeline import StageContext, publish_dir
+from ..pipeline import StageContext
 from . import common
 
 RAW, SIMPLE, FILES = "model_raw.onnx", "model.onnx", {"fp32": "model.onnx", "int8": "model_int8.onnx"}
@@ -49,24 +49,18 @@ def verify(ctx: StageContext) -> dict:
 
 
 def package(ctx: StageContext) -> dict:
-    resolved = ctx.inputs["resolve"].meta
-    variants = list(ctx.params["variants"])
-    name = common.output_name(ctx, resolved)
-    final = Path(ctx.params["out"]) / name
-    figures = {v: ctx.inputs[f"verify[{v}]"].meta["figures"] for v in variants}
-    table = common.figures_table({f"onnx {v} (onnxruntime)": f for v, f in figures.items()})
+    pub = common.publication(ctx, "variants", "onnx {v} (onnxruntime)")
+    resolved, variants, figures = pub.resolved, pub.variants, pub.figures
 
     def build(folder: Path) -> None:
         for v in variants:
             shutil.copy2(ctx.inputs[f"quantize[{v}]"].file(FILES[v]), folder / FILES[v])
-        (folder / "README.md").write_text(_readme(name, resolved, variants, table))
+        (folder / "README.md").write_text(_readme(pub.name, resolved, variants, pub.table))
         common.write_manifest(folder, fmt="onnx", resolved=resolved, figures=figures, extra={
             "input": common.input_spec(resolved), "output": {"name": ox.OUTPUT_NAME, "shape": [1, resolved["config"]["num_classes"]]},
             "opset": ox.OPSET, "simplify": ctx.inputs["simplify"].meta.get("op_types"), "gates": ctx.gates})
 
-    publish_dir(final, build)
-    print(f"\n{table}\n\n[onnx] published {final}", flush=True)
-    return {"published": str(final), "figures": figures}
+    return common.publish(ctx, pub, build)
 
 
 def _readme(name: str, resolved: dict, variants: list[str], table: str) -> str:
