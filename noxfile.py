@@ -95,6 +95,12 @@ def parity(session: nox.Session) -> None:
     run(session, str(BIN / "mbv3"), "parity", *session.posargs)
 
 
+@nox.session
+def card(session: nox.Session) -> None:
+    """Refresh a model card: `nox -s card -- dist/android/X --parity dist/parity/X/report --harness runs/harness`."""
+    run(session, str(BIN / "mbv3"), "card", *session.posargs)
+
+
 @nox.session(name="eval")
 def eval_(session: nox.Session) -> None:
     """Top-1/top-5, per-class, confusion PNG: `nox -s eval -- --checkpoint runs/train/model.safetensors`."""

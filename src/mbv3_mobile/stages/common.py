@@ -258,9 +258,14 @@ def publication(ctx: StageContext, variants_param: str, row_label: str) -> Publi
 
 def publish(ctx: StageContext, pub: Publication, build) -> dict:
     """Build the folder atomically (nothing appears unless `build` completes), print the figures."""
+    from ..model_card import write_card_at_publish
     from ..pipeline import publish_dir
 
-    publish_dir(pub.final, build)
+    def build_with_card(folder: Path) -> None:
+        build(folder)
+        write_card_at_publish(ctx, folder, pub.final)  # after the manifest: the card pins its sha256
+
+    publish_dir(pub.final, build_with_card)
     print(f"\n{pub.table}\n\n[{ctx.pipeline.name}] published {pub.final}", flush=True)
     return {"published": str(pub.final), "figures": pub.figures}
 

@@ -58,6 +58,7 @@ def package(ctx: StageContext) -> dict:
         (folder / "README.md").write_text(_readme(pub.name, resolved, variants, pub.table))
         common.write_manifest(folder, fmt="onnx", resolved=resolved, figures=figures, extra={
             "input": common.input_spec(resolved), "output": {"name": ox.OUTPUT_NAME, "shape": [1, resolved["config"]["num_classes"]]},
+            "variants": {v: {"file": FILES[v]} for v in variants},  # variant -> file, as the other formats record it
             "opset": ox.OPSET, "simplify": ctx.inputs["simplify"].meta.get("op_types"), "gates": ctx.gates})
 
     return common.publish(ctx, pub, build)
