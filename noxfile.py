@@ -101,6 +101,13 @@ def card(session: nox.Session) -> None:
     run(session, str(BIN / "mbv3"), "card", *session.posargs)
 
 
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Every runtime on this host, interleaved, as ratios: `nox -s bench [-- --quick --threads 1,all]`
+    (no arguments: the embedded default model)."""
+    run(session, str(BIN / "mbv3"), "bench", *session.posargs)
+
+
 @nox.session(name="eval")
 def eval_(session: nox.Session) -> None:
     """Top-1/top-5, per-class, confusion PNG: `nox -s eval -- --checkpoint runs/train/model.safetensors`."""

@@ -57,10 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extra_commands():
     """Subcommands owned by other modules (each module registers its own parser)."""
-    from . import evaluate, model_card, parity, pipeline, train
+    from . import bench, evaluate, model_card, parity, pipeline, train
 
     return [train.register_cli, evaluate.register_cli, pipeline.register_cli, parity.register_cli,
-            model_card.register_cli]
+            model_card.register_cli, bench.register_cli]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,168 @@
+"""`mbv3 bench`: a short real run on the CI model (structure and internal consistency of the figures,
+never absolute times) and the pure logic: peak FLOPs from cpuinfo, ratios, goal verdicts, threads."""
+
+import json
+import math
+
+import pytest
+
+from mbv3_mobile import bench
+from mbv3_mobile.cli import main
+
+# The same settings as the per-format pipeline tests, so their cached stages are reused here.
+FORMAT_PARAMS = {
+    "android_params": {"quant": ["fp32", "ptq"], "parity_images": 500, "calib_images": 100, "bundle_images": 4},
+    "onnx_params": {"variants": ["fp32", "int8"], "parity_images": 500, "calib_images": 100},
+}
+
+INTEL = """processor\t: 0
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model name\t: Intel(R) Xeon(R) Processor
+cpu MHz\t\t: 2599.998
+flags\t\t: fpu sse sse2 avx fma avx2 avx512f avx512bw
+
+processor\t: 1
+vendor_id\t: GenuineIntel
+cpu MHz\t\t: 1200.000
+flags\t\t: fpu sse
+"""
+
+
+@pytest.fixture(scope="module")
+def quick_report(trained_ci_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    report, folder = bench.run_bench({"checkpoint": str(trained_ci_checkpoint), "quick": True, "out": str(out),
+                                      "litert": False, **FORMAT_PARAMS}, progress=False)
+    return report, folder
+
+
+def test_quick_run_writes_a_consistent_report(quick_report):
+    report, folder = quick_report
+    assert {p.name for p in folder.iterdir()} >= {"bench.json", "bench.md", "latency.png", "goals.png"}
+    assert json.loads((folder / "bench.json").read_text())["schema"] == bench.SCHEMA
+    assert report["threads"] == sorted({1, bench.usable_cores()})
+    assert report["runtimes"]["litert_fp32"]["skipped"] == "--no-litert"
+    measured = [k for k, v in report["runtimes"].items() if not v["skipped"]]
+    assert {"eager_fp32", "pte_fp32", "pte_int8", "ort_fp32", "ort_int8"} <= set(measured)
+    macs = report["macs"]
+    for n, block in report["latency"].items():
+        assert set(block["rows"]) == set(measured)
+        eager = block["medians_ms"]["eager_fp32"]
+        for key, row in block["rows"].items():
+            s = row["summary"]
+            assert s["n"] == report["plan"]["rounds"] * report["plan"]["iters"]
+            assert 0 < s["min_ms"] <= s["p50_ms"] <= s["p90_ms"] <= s["max_ms"]
+            assert block["medians_ms"][key] == s["p50_ms"]
+            assert block["ratio_vs_eager"][key] == pytest.approx(s["p50_ms"] / eager)
+            assert row["images_per_s"] == pytest.approx(1e3 / s["p50_ms"])
+            assert row["gflops"] == pytest.approx(2 * macs * row["images_per_s"] / 1e9)
+            assert row["fraction_of_peak"] == pytest.approx(row["gflops"] / (report["peak"]["peak_gflops_per_core"] * int(n)))
+            if bench.RUNTIMES[key][1] == "fp32":
+                # Every fp32 runtime computes the eager logits on the same image: this also proves the
+                # native runner (fed the .bpte's bundled case) got the same pixels as the rest.
+                assert row["max_abs_diff_vs_eager"] < 1e-4 and row["same_top1_as_eager"], key
+        for g in block["goals"]:
+            if g["verdict"] == "not measured":
+                assert g["numerator"] not in block["medians_ms"] or g["denominator"] not in block["medians_ms"]
+                continue
+            assert g["ratio"] == pytest.approx(block["medians_ms"][g["numerator"]] / block["medians_ms"][g["denominator"]])
+            assert g["verdict"] == ("pass" if g["ratio"] <= g["limit"] else "miss")
+    md = (folder / "bench.md").read_text()
+    for g in report["latency"][str(report["threads"][0])]["goals"]:
+        assert f"| {g['numerator']} / {g['denominator']} | {g['ratio']:.3f} | {g['limit']:g} |" in md
+
+
+def test_quick_run_measures_memory_training_export_and_load(quick_report):
+    report, _ = quick_report
+    for key, pr in report["probes"].items():
+        assert pr["load_ms"] > 0 and pr["first_inference_ms"] > 0, key
+        assert pr["peak_rss_mb"] > 0, key
+        if pr["process"] == "python":
+            assert pr["peak_rss_mb"] >= pr["rss_after_load_mb"] >= pr["rss_after_import_mb"] * 0.9
+    for key, rt in report["runtimes"].items():
+        if not rt["skipped"]:
+            assert rt["bytes"] > 0, key
+    assert report["runtimes"]["pte_int8"]["bytes"] < report["runtimes"]["pte_fp32"]["bytes"]
+    variants = report["training"]["variants"]
+    assert set(variants) == {"eager", "channels_last"}  # --quick leaves torch.compile out
+    for v in variants.values():
+        assert v["images_per_s"] > 0 and v["steps"] >= 1
+    assert variants["eager"]["speedup_vs_eager"] == 1.0
+    export = report["export"]
+    assert export["mode"] == "recorded"
+    assert {"resolve", "lower[fp32]", "lower[ptq]", "package"} <= set(export["pipelines"]["android"]["stages"])
+    assert export["pipelines"]["onnx"]["stages"]["export"]["cold_s"] > 0
+    assert len(report["loadavg_before"]) == 3 and len(report["loadavg_after"]) == 3
+    assert report["delegation"]["fp32"]["non_delegated_compute_ops"] == []
+
+
+# ---------------------------------------------------------------- pure logic
+
+
+def test_peak_from_cpuinfo_intel_avx512():
+    peak = bench.cpu_peak(INTEL, cores=2)
+    assert peak["fp32_flop_per_cycle"] == 64  # 16 lanes x FMA (2) x 2 units
+    assert peak["clock_mhz"] == pytest.approx(2599.998)  # the first processor's clock, not the second's
+    assert peak["peak_gflops"] == pytest.approx(2 * 64 * 2.599998)
+    assert peak["peak_gflops_per_core"] * 2 == pytest.approx(peak["peak_gflops"])
+    assert "2 cores x 64 FLOP/cycle" in peak["formula"]
+    assert bench.cpu_peak(INTEL, cores=1, max_mhz=3000)["peak_gflops"] == pytest.approx(192.0)
+
+
+def test_peak_from_cpuinfo_other_isas():
+    zen4 = INTEL.replace("GenuineIntel", "AuthenticAMD").replace("cpu family\t: 6", "cpu family\t: 25")
+    assert bench.cpu_peak(zen4, cores=1)["fp32_flop_per_cycle"] == 32  # AVX-512 on 256-bit datapaths
+    avx2 = INTEL.replace(" avx512f avx512bw", "")
+    assert bench.cpu_peak(avx2, cores=1)["fp32_flop_per_cycle"] == 32
+    no_fma = INTEL.replace(" fma avx2 avx512f avx512bw", "")
+    assert bench.cpu_peak(no_fma, cores=1)["fp32_flop_per_cycle"] == 16  # AVX, separate mul + add
+    with pytest.raises(bench.BenchError, match="clock"):
+        bench.cpu_peak(INTEL.replace("cpu MHz", "bogomips"), cores=1)
+    with pytest.raises(bench.BenchError, match="core count"):
+        bench.cpu_peak(INTEL, cores=0)
+
+
+def test_goal_verdicts_follow_the_ratios():
+    medians = {"eager_fp32": 10.0, "pte_fp32": 3.0, "pte_int8": 2.0, "ort_fp32": 4.0, "ort_int8": 2.4,
+               "pte_fp32_native": 2.0, "pte_int8_native": 1.0}
+    goals = {"pte_fp32/ort_fp32": 0.75, "pte_int8/pte_fp32": 0.6, "pte_int8/ort_int8": 0.8}
+    rows = {(g["numerator"], g["denominator"]): g for g in bench.evaluate_goals(medians, goals, {"pte_int8/pte_fp32": 0.5})}
+    assert rows[("pte_fp32", "ort_fp32")]["ratio"] == pytest.approx(0.75)
+    assert rows[("pte_fp32", "ort_fp32")]["verdict"] == "pass"  # the limit itself passes
+    assert rows[("pte_int8", "pte_fp32")]["verdict"] == "miss"  # 0.667 > 0.6
+    assert rows[("pte_int8", "pte_fp32")]["aim_met"] is False
+    assert rows[("pte_int8_native", "pte_fp32_native")]["ratio"] == pytest.approx(0.5)
+    assert rows[("pte_int8_native", "pte_fp32_native")]["aim_met"] is True
+    assert rows[("pte_int8_native", "ort_int8")]["verdict"] == "pass"
+    assert rows[("pte_int8", "ort_int8")]["verdict"] == "miss"  # 0.833 > 0.8
+    partial = bench.evaluate_goals({"pte_fp32": 1.0}, {"pte_fp32/ort_fp32": 0.75})
+    assert [g["verdict"] for g in partial] == ["not measured", "not measured"]
+    with pytest.raises(bench.BenchError, match="numerator/denominator"):
+        bench.evaluate_goals(medians, {"pte_fp32": 0.75})
+
+
+def test_ratios_threads_and_rotation():
+    r = bench.ratios({"eager_fp32": 8.0, "ort_fp32": 2.0})
+    assert r == {"eager_fp32": 1.0, "ort_fp32": 0.25}
+    with pytest.raises(bench.BenchError, match="baseline"):
+        bench.ratios({"ort_fp32": 2.0})
+    assert bench.thread_counts(["1", "all"], 2) == [1, 2]
+    assert bench.thread_counts(["all", "2", "8"], 2) == [2]  # 8 would only oversubscribe 2 cores
+    with pytest.raises(bench.BenchError, match="--threads"):
+        bench.thread_counts(["0"], 2)
+    with pytest.raises(bench.BenchError, match="fits"):
+        bench.thread_counts(["4"], 2)
+    keys = ["a", "b", "c"]
+    orders = [bench.rotation(keys, r) for r in range(3)]
+    for position in range(3):  # every runtime takes every position once in len(keys) rounds
+        assert sorted(o[position] for o in orders) == keys
+    assert math.isclose(bench.ratios({"eager_fp32": 3.0, "x": 1.0})["x"], 1 / 3)
+
+
+def test_cli_rejects_bad_parameters_before_any_work(capsys):
+    assert main(["bench", "--threads", "two"]) == 2
+    err = capsys.readouterr().err
+    assert "--threads" in err and "'two'" in err
+    assert main(["bench", "--rounds", "0"]) == 2
+    assert "--rounds must be >= 1" in capsys.readouterr().err
