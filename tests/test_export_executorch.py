@@ -173,7 +173,7 @@ def test_run_pte_pads_to_the_program_batch():
     out = run_pte(lowered, x)
     with torch.no_grad():
         assert out.shape == (10, 5) and (out - model(x)).abs().max() < 1e-4
-    with pytest.raises(ExportError, match="do not fit"):
+    with pytest.raises(UserError, match=r"takes images of shape \(N, 3, 16, 16\); got \(2, 3, 8, 8\)"):
         run_pte(lowered, torch.randn(2, 3, 8, 8))
 
 
@@ -228,3 +228,25 @@ def test_run_on_dataset_and_parity_gate(pte_path, ckpt, fashion_test):
     assert logits.shape == (64, 10) and torch.equal(labels, subset.labels)
     with pytest.raises(ParityError, match="max"):
         check_parity(parity_report(logits, logits + 1e-3))
+
+
+def test_drift_localisation_names_the_perturbed_block(ckpt, test_images):
+    """A deliberately broken export (one depthwise conv's weights scaled inside the exported
+    program, as an exporter bug would): the .pte fails parity, and ETDump/Inspector per-op
+    outputs name the block; the intact program departs nowhere."""
+    from mbv3_mobile.drift import localize, outputs_by_module
+    from mbv3_mobile.export_executorch import debug_module_outputs, export_program, lower
+
+    image = test_images[0][:1]
+    model = ckpt.model.eval()
+    good = export_program(model, image)
+    clean = localize(model, image, outputs_by_module(debug_module_outputs(good, image)), 1e-4)
+    assert clean.module is None and len(clean.compared) > 50, clean.table()
+    bad = export_program(model, image)
+    key = "features.7.block.1.0.weight"  # one depthwise conv; a new tensor, the model's stays intact
+    bad.state_dict[key] = torch.nn.Parameter(bad.state_dict[key].detach() * 1.05, requires_grad=False)
+    assert not torch.equal(bad.state_dict["features.7.block.1.0.weight"], model.features[7].block[1][0].weight)
+    report = parity_report(model(test_images[0][:50]), run_pte(lower(bad).buffer, test_images[0][:50]))
+    assert report["max_abs_diff"] > 1e-3  # the broken .pte really fails the fp32 gate
+    drift = localize(model, image, outputs_by_module(debug_module_outputs(bad, image)), 1e-4)
+    assert drift.module is not None and drift.module.startswith("features.7.block.1"), drift.table()

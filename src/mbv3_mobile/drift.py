@@ -96,6 +96,22 @@ def first_divergence(eager: OrderedDict[str, np.ndarray], candidate: dict[str, n
     return DriftReport(None, max(e for _, e in compared), threshold, compared)
 
 
+def folded_batchnorm(model: torch.nn.Module, candidate: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Where a format folded a BatchNorm into the conv before it (PT2E convert, XNNPACK, onnxsim),
+    the value it reports for the conv is the BN's output and the BN reports nothing: move that
+    value to the BN's path, so the conv is not compared with eager's pre-BN output."""
+    out = dict(candidate)
+    modules = dict(model.named_modules())
+    for path, module in modules.items():
+        parent, _, index = path.rpartition(".")
+        if not isinstance(module, torch.nn.modules.batchnorm._BatchNorm) or not index.isdigit() or index == "0":
+            continue
+        conv = f"{parent}.{int(index) - 1}" if parent else str(int(index) - 1)
+        if isinstance(modules.get(conv), torch.nn.Conv2d) and path not in out and conv in out:
+            out[path] = out.pop(conv)
+    return out
+
+
 def localize(model: torch.nn.Module, image: torch.Tensor, candidate: dict[str, np.ndarray], threshold: float) -> DriftReport:
     """Compare one image's per-module outputs; `threshold` is a relative max error (fp32 ~1e-4)."""
-    return first_divergence(eager_module_outputs(model, image[:1]), candidate, threshold)
+    return first_divergence(eager_module_outputs(model, image[:1]), folded_batchnorm(model, candidate), threshold)

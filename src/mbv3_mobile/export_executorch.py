@@ -30,11 +30,13 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from .atomic import atomic_path
 from .errors import UserError
+from .preprocess import check_model_input
 
 # Outside the delegate these are not compute: tuple unpacking of the delegate's outputs, and
 # dim-order (layout) copies of constants lifted out of decomposed ops (e.g. hardsigmoid's 3 and 6).
@@ -454,8 +456,7 @@ def run_pte(program, images: torch.Tensor, *, progress: bool = False) -> torch.T
     metadata; images are fed in chunks of B (the last one padded, padding dropped)."""
     method = _load_method(program)
     shape = tuple(method.metadata.input_tensor_meta(0).sizes())
-    if tuple(images.shape[1:]) != shape[1:]:
-        raise ExportError(f"images of shape {tuple(images.shape[1:])} do not fit the program's input {shape}")
+    check_model_input(images, shape, "this .pte")
     batch = shape[0]
     images = images.float().contiguous()
     outs = []
@@ -471,6 +472,71 @@ def run_pte(program, images: torch.Tensor, *, progress: bool = False) -> torch.T
             x = torch.cat([x, x[-1:].expand(batch - n, *x.shape[1:])]).contiguous()
         outs.append(method.execute([x])[0][:n].clone())
     return torch.cat(outs)
+
+
+@torch.no_grad()
+def debug_module_outputs(program, image: torch.Tensor, *, workdir: str | os.PathLike | None = None) -> list[tuple[str | None, np.ndarray]]:
+    """Per-op outputs of `program` (the ExportedProgram a .pte is lowered from) in the ExecuTorch
+    runtime, as (nn.Module path, float array) pairs in execution order, for drift localisation.
+
+    The shipped .pte is one XNNPACK delegate: the runtime sees only its final output. So the same
+    program is lowered again with `XnnpackPartitioner(per_op_mode=True)` (each op, or fused op
+    group, its own XNNPACK delegate: the same kernels, minus cross-op fusion) and an ETRecord, run
+    once with ETDump and a debug buffer, and read back with the Inspector: every delegate call's
+    output tensor, keyed by debug handle. The ETRecord's edge graph maps a handle to its node's
+    nn_module_stack; a fused group (e.g. conv+relu) reports under its last op's module. Non-float
+    values (int8 activations between q/dq) are skipped: they are not comparable with eager."""
+    import tempfile
+
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.devtools import Inspector
+    from executorch.exir import to_edge_transform_and_lower
+    from executorch.extension.pybindings.portable_lib import _load_for_executorch
+
+    try:
+        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner(per_op_mode=True)], generate_etrecord=True)
+        manager = edge.to_executorch()
+        etrecord = manager.get_etrecord()
+    except Exception as exc:  # noqa: BLE001 - EXIR raises many types
+        raise _lowering_error(exc, "per-op lowering for drift localisation", program) from exc
+    handle_module: dict[int, str | None] = {}
+    for node in etrecord.edge_dialect_program.graph.nodes:
+        handle = node.meta.get("debug_handle")
+        if node.op == "call_function" and isinstance(handle, int):
+            handle_module[handle] = _node_module(_quantized_source(node))[0]
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        pte, etdump, debug, record = (str(Path(tmp) / n) for n in ("debug.pte", "run.etdp", "debug.bin", "etrecord.bin"))
+        Path(pte).write_bytes(manager.buffer)
+        # The Inspector resolves instruction -> debug handle only from a serialised ETRecord (the
+        # in-memory one lacks the handle maps).
+        etrecord.save(record)
+        module = _load_for_executorch(pte, enable_etdump=True, debug_buffer_size=256 << 20)
+        module.forward((image[:1].float().contiguous(),))
+        module.write_etdump_result_to_file(etdump, debug)
+        inspector = Inspector(etdump_path=etdump, etrecord=record, debug_buffer_path=debug)
+    ordered: list[tuple[str | None, np.ndarray]] = []
+    for block in inspector.event_blocks:
+        for event in block.events:
+            handles = event.debug_handles
+            # OPERATOR_CALL wraps the native call logged just before it: the same value twice.
+            if handles is None or not event.debug_data or event.name == "OPERATOR_CALL":
+                continue
+            handles = [handles] if isinstance(handles, int) else list(handles)
+            # An instruction's logged values are its arguments in order; the output is the last.
+            value = event.debug_data[-1]
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel() > 1:
+                ordered.append((handle_module.get(max(handles)), value.detach().float().numpy().copy()))
+    if not ordered:
+        raise ExportError("the ExecuTorch runtime logged no intermediate outputs (ETDump debug buffer empty)")
+    return ordered
+
+
+def _quantized_source(node: torch.fx.Node) -> torch.fx.Node:
+    """The node whose value a (de)quantize chain carries. PT2E gives a dequantize the module stack
+    of its consumer, but its value is the producer's output (after int8 rounding)."""
+    while "quantize_per_" in str(node.target) and node.args and isinstance(node.args[0], torch.fx.Node):
+        node = node.args[0]
+    return node
 
 
 def run_pte_on_dataset(program, dataset, preprocessing, *, chunk: int = 1000, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

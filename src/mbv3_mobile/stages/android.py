@@ -21,6 +21,15 @@ ARTIFACT = {"fp32": "model_fp32", "ptq": "model_int8", "qat": "model_int8_qat"}
 QUANT_CHOICES = tuple(ARTIFACT)
 
 
+def load_program(path: Path) -> torch.export.ExportedProgram:
+    """A saved (quantized) ExportedProgram. An int8 program holds quantized_decomposed ops, which
+    deserialize only once their library is registered: in a fresh process with every stage cached
+    (`nox -s parity` run twice) nothing else has imported it."""
+    import torchao.quantization.pt2e  # noqa: F401 - registers quantized_decomposed.*
+
+    return torch.export.load(path)
+
+
 def _example(pre) -> torch.Tensor:
     return torch.zeros(1, 3, pre.resolution, pre.resolution)
 
@@ -51,7 +60,7 @@ def quantize(ctx: StageContext) -> dict:
 
 
 def lower(ctx: StageContext) -> dict:
-    program = torch.export.load(ctx.inputs["quantize"].file(PROGRAM))
+    program = load_program(ctx.inputs["quantize"].file(PROGRAM))
     lowered = et.lower(program, require_full_delegation=True)
     et.write_pte(lowered, ctx.out_dir / PTE)
     ctx.log(f"lowered in {lowered.lowering_seconds:.1f} s; {lowered.delegation.summary()}")
@@ -90,7 +99,7 @@ def bundle(ctx: StageContext) -> dict:
 def _manager_from_pte(program_path: Path):
     # BundledProgram needs the ExecutorchProgramManager, not bytes: re-lower the saved program
     # (deterministic, so the bundle's program is the published .pte's program).
-    return et.lower(torch.export.load(program_path), require_full_delegation=True)
+    return et.lower(load_program(program_path), require_full_delegation=True)
 
 
 def package(ctx: StageContext) -> dict:
@@ -174,13 +183,22 @@ def parity_entries(results: dict) -> list:
     entries = []
     for _, r in sorted(results.items()):
         if r.name == "quantize" and r.variant != "fp32":
-            gm = torch.export.load(r.file(PROGRAM)).module()
+            gm = load_program(r.file(PROGRAM)).module()
             entries.append(FormatEntry(f"eager int8 ({r.variant}, PT2E)", "int8",
                                        run=lambda x, m=gm: torch.cat([m(x[i : i + 1]) for i in range(len(x))]).detach()))
     for _, r in sorted(results.items()):
         if r.name == "lower":
             precision = "fp32" if r.variant == "fp32" else "int8"
             pte = r.file(PTE)
+            program = results[f"quantize[{r.variant}]"].file(PROGRAM)
             entries.append(FormatEntry(f"pte {r.variant} (ExecuTorch)", precision,
-                                       run=lambda x, p=pte: et.run_pte(p, x)))
+                                       run=lambda x, p=pte: et.run_pte(p, x),
+                                       module_outputs=lambda x, p=program: _debug_outputs(p, x)))
     return entries
+
+
+def _debug_outputs(program_file, image: torch.Tensor) -> dict:
+    """Per-module outputs of the program this .pte was lowered from, through ETDump (drift localisation)."""
+    from ..drift import outputs_by_module
+
+    return outputs_by_module(et.debug_module_outputs(load_program(program_file), image))
