@@ -186,6 +186,37 @@ def test_per_channel_normalisation_is_exact_for_unequal_std(ck, data, tmp_path):
     assert rep["max_abs_dlogit"] <= ec.FP32_MAX_ABS_DLOGIT
 
 
+def _localize(ck, package, source_map, picture):
+    """Drift report for one uint8 RGB picture (R, R, 3) of a package vs the eager model."""
+    from mbv3_mobile.drift import localize, outputs_by_module
+
+    feed = picture.transpose(2, 0, 1)[None].astype(np.float32)
+    x = ck.preprocessing.normalize(torch.from_numpy(feed) / 255.0)
+    return localize(ck.model, x, outputs_by_module(ec.module_outputs(package, feed, source_map)), 1e-4)
+
+
+def test_drift_localisation_on_broken_exports(ck, packages, data, tmp_path):
+    """Deliberately broken exports, fp32: one depthwise conv's weights scaled (a converter bug)
+    must be named as block 7's depthwise conv; a wrong normalisation folded into the package must
+    be named at the first layer; the intact package departs nowhere."""
+    picture = data["pictures"][3]
+    clean = _localize(ck, packages["fp32"].path, packages["fp32"].source_map, picture)
+    assert clean.module is None and len(clean.compared) > 50, clean.table()
+
+    broken = copy.deepcopy(ck.model)
+    with torch.no_grad():
+        broken.features[7].block[1][0].weight.mul_(1.05)
+    bad = ec.export_coreml(broken, ck.preprocessing, ck.labels, tmp_path / "bad_weight.mlpackage", precision="fp32")
+    report = _localize(ck, bad.path, bad.source_map, picture)
+    assert report.module is not None and report.module.startswith("features.7.block.1"), report.table()
+
+    pre = ck.preprocessing
+    wrong = Preprocessing(resolution=pre.resolution, mean=pre.mean, std=tuple(v * 1.1 for v in pre.std))
+    bad = ec.export_coreml(ck.model, wrong, ck.labels, tmp_path / "bad_norm.mlpackage", precision="fp32")
+    report = _localize(ck, bad.path, bad.source_map, picture)
+    assert report.module is not None and report.module.startswith("features.0."), report.table()
+
+
 # ---------------------------------------------------------------- zip and ExecuTorch delegate
 
 

@@ -800,6 +800,20 @@ def interpreter_outputs(package: str | os.PathLike, pictures, *, batch_size: int
             "class_order": order}
 
 
+def module_outputs(package: str | os.PathLike, picture, source_map: dict) -> list[tuple[str | None, np.ndarray]]:
+    """Per-op outputs of the package's program for one picture, for drift localisation:
+    (nn.Module path, value) in program order, through the numpy MIL interpreter (Core ML itself
+    exposes no intermediates) and the converter's source map (`CoreMLExport.source_map`).
+    `picture`: the ImageType feed, float or uint8 RGB (1, 3, R, R) in 0..255."""
+    from .mil_interpreter import load_program
+
+    program = load_program(package)
+    feeds = {next(iter(program.image_inputs)): np.asarray(picture, dtype=np.float32)[:1]}
+    captured = program.run(feeds, capture=True).intermediates
+    return [(source_map.get(name, {}).get("module"), np.asarray(value, dtype=np.float32))
+            for name, value in captured.items() if isinstance(value, np.ndarray)]
+
+
 def parity_report(
     package: str | os.PathLike,
     pictures,

@@ -14,6 +14,7 @@ import torch
 
 from .. import export_coreml as cm
 from ..pipeline import PipelineError, StageContext
+from ..preprocess import check_model_input
 from . import common
 
 PACKAGE = "model.mlpackage"
@@ -58,6 +59,7 @@ def run_package(package: Path, images: torch.Tensor, pre, *, batch: int = 500) -
     """Logits of the package's program (MIL reference interpreter) for normalised images."""
     from ..mil_interpreter import load_program
 
+    check_model_input(images, (1, 3, pre.resolution, pre.resolution), "this Core ML package")
     program = load_program(package)
     name = next(iter(program.image_inputs))
     feeds = _float_pictures(images, pre)
@@ -179,7 +181,6 @@ def parity_entries(results: dict) -> list:
     """Rows for the parity matrix: every Core ML variant through the MIL interpreter, with drift
     localisation from its per-op outputs mapped to nn.Module paths."""
     from ..drift import outputs_by_module
-    from ..mil_interpreter import load_program
     from ..parity import FormatEntry
 
     _, pre, _ = common.load_resolved(results["resolve"])
@@ -191,11 +192,7 @@ def parity_entries(results: dict) -> list:
         source_map = json.loads(r.file(SOURCE_MAP).read_text())
 
         def module_outputs(image, package=package, source_map=source_map):
-            program = load_program(package)
-            feeds = {next(iter(program.image_inputs)): _float_pictures(image[:1], pre)}
-            captured = program.run(feeds, capture=True).intermediates
-            return outputs_by_module([(source_map.get(n, {}).get("module"), np.asarray(v, dtype=np.float32))
-                                      for n, v in captured.items() if isinstance(v, np.ndarray)])
+            return outputs_by_module(cm.module_outputs(package, _float_pictures(image[:1], pre), source_map))
 
         precision = "compressed" if r.meta["compression"] else r.meta["precision"]
         entries.append(FormatEntry(f"coreml {r.variant} (MIL interp.)", precision,
