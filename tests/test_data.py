@@ -180,6 +180,29 @@ def test_image_folder_skips_corrupt_and_non_image_files_with_a_count(tmp_path):
         ImageFolderDataset(root, 16, strict=True)
 
 
+def test_image_folder_modes_and_sizes(tmp_path):
+    """Any size, gray / palette / RGBA / CMYK pictures become RGB at the model's resolution;
+    16-bit pictures (which Pillow would clip to white) are refused by name."""
+    from PIL import Image
+
+    root = make_image_tree(tmp_path / "tree")
+    Image.new("L", (7, 50), 128).save(root / "blue" / "gray_odd_size.png")
+    Image.new("RGBA", (300, 200), (255, 0, 0, 255)).save(root / "red" / "rgba.png")
+    Image.new("CMYK", (40, 40), (0, 255, 255, 0)).save(root / "red" / "cmyk.jpg")
+    Image.new("RGB", (20, 20), (0, 200, 0)).convert("P").save(root / "green" / "palette.png")
+    ds = ImageFolderDataset(root, 24)
+    assert len(ds) == 22 and ds.images.shape[1:] == (3, 24, 24) and ds.skipped == []
+    row = {p.name: i for i, (p, _) in enumerate(ds.files)}
+    assert ds.images[row["gray_odd_size.png"]].eq(128).all()
+    assert ds.images[row["rgba.png"]][0].float().mean() > 250 and ds.images[row["cmyk.jpg"]][0].float().mean() > 200
+    deep = Image.fromarray(np.full((16, 16), 40000, dtype=np.uint16))
+    deep.save(root / "blue" / "sixteen_bit.png")
+    with pytest.raises(DataError, match=r"sixteen_bit\.png: unreadable image .*mode I;16.*convert it to 8-bit"):
+        ImageFolderDataset(root, 24, strict=True)
+    with pytest.warns(UserWarning, match="skipped 1"):
+        assert len(ImageFolderDataset(root, 24)) == 22
+
+
 def test_image_folder_empty_class_and_empty_tree_are_errors(tmp_path):
     root = make_image_tree(tmp_path / "tree")
     (root / "yellow").mkdir()

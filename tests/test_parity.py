@@ -5,7 +5,7 @@ import json
 import pytest
 
 from mbv3_mobile.parity import run_parity
-from mbv3_mobile.pipeline import GateFailure
+from mbv3_mobile.pipeline import GateFailure, PipelineError
 
 # The same settings as the per-format pipeline tests, so their cached stages are reused here.
 FORMAT_PARAMS = {
@@ -37,3 +37,53 @@ def test_failing_gate_exits_with_matrix_and_localisation(trained_ci_checkpoint, 
     data = json.loads(next(tmp_path.rglob("parity.json")).read_text())
     assert data["rows"]["onnx int8 (onnxruntime)"]["gate"] == "fail"
     assert "| onnx int8 (onnxruntime) |" in capsys.readouterr().out
+
+
+def test_unknown_format_names_the_known_ones(tmp_path):
+    with pytest.raises(PipelineError, match=r"unknown format 'tflite'.*android, ios, onnx"):
+        run_parity({"formats": ["onnx", "tflite"], "out": str(tmp_path)}, progress=False)
+
+
+def test_formats_from_other_checkpoints_are_refused_before_exporting(trained_ci_checkpoint, tmp_path):
+    """Mismatched label sets between artifacts: refused in seconds, nothing exported."""
+    from mbv3_mobile import load_checkpoint
+    from mbv3_mobile.checkpoint import save_checkpoint
+
+    ck = load_checkpoint(trained_ci_checkpoint)
+    renamed = save_checkpoint(tmp_path / "renamed.safetensors", ck.model, preprocessing=ck.preprocessing,
+                              labels=[f"class_{i}" for i in range(len(ck.labels))])
+    with pytest.raises(PipelineError, match=r"the ios checkpoint .*renamed.safetensors\) has other labels than the onnx"):
+        run_parity({"checkpoint": str(trained_ci_checkpoint), "formats": ["onnx", "ios"], "out": str(tmp_path / "out"),
+                    "ios_params": {"checkpoint": str(renamed)}}, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_format_with_no_artifact_says_what_to_run(trained_ci_checkpoint, tmp_path):
+    with pytest.raises(PipelineError, match=r"the ios pipeline failed \(run `nox -s export_ios`.*--variants is empty.*"
+                                            r"default: --variants fp16"):
+        run_parity({"checkpoint": str(trained_ci_checkpoint), "formats": ["ios"], "out": str(tmp_path),
+                    "ios_params": {**FORMAT_PARAMS["ios_params"], "variants": []}}, progress=False)
+
+
+@pytest.mark.parametrize("fmt", ["android", "ios", "onnx"])
+def test_every_format_refuses_images_it_cannot_take(trained_ci_checkpoint, tmp_path, fmt):
+    """Wrong size, gray or RGBA channels, raw 0..255 pixels: a UserError naming the expected input,
+    from each format's runner (the stages are cached by the matrix test above)."""
+    import importlib
+
+    import torch
+
+    from mbv3_mobile.errors import UserError
+    from mbv3_mobile.pipeline import load_pipeline, run_pipeline
+
+    results = run_pipeline(load_pipeline(fmt), {"checkpoint": str(trained_ci_checkpoint), "out": str(tmp_path),
+                                                **FORMAT_PARAMS[f"{fmt}_params"]}, progress=False)
+    entry = importlib.import_module(f"mbv3_mobile.stages.{fmt}").parity_entries(results)[-1]
+    assert entry.run(torch.zeros(2, 3, 32, 32)).shape == (2, 10)  # the right input works
+    for bad, match in [(torch.zeros(2, 3, 40, 40), r"\(N, 3, 32, 32\); got \(2, 3, 40, 40\)"),
+                       (torch.zeros(2, 1, 32, 32), r"gray: 1 channel"),
+                       (torch.zeros(2, 4, 32, 32), r"RGBA: 4 channels"),
+                       (torch.full((2, 3, 32, 32), 255.0), r"raw 0\.\.255 pixels"),
+                       (torch.zeros(2, 3, 32, 32, dtype=torch.uint8), r"normalised float32 images; got torch\.uint8")]:
+        with pytest.raises(UserError, match=match):
+            entry.run(bad)

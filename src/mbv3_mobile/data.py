@@ -180,6 +180,11 @@ def _decode(path: Path, resolution: int) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as im:
+        # Pillow's convert("RGB") clips 16-bit / 32-bit / float pixels to 255: a mostly white image
+        # that still "loads". Refuse those modes instead of feeding the model garbage.
+        if im.mode in ("I", "F") or im.mode.startswith("I;"):
+            raise ValueError(f"image mode {im.mode} ({'float' if im.mode == 'F' else 'more than 8 bits per pixel'}) "
+                             "would be clipped to 8 bits; convert it to 8-bit RGB or gray first")
         # convert() forces a full decode, so truncated files fail here rather than mid-training.
         rgb = im.convert("RGB").resize((resolution, resolution), Image.BILINEAR)
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)

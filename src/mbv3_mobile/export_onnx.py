@@ -17,6 +17,7 @@ import torch
 
 from .atomic import atomic_path
 from .errors import UserError
+from .preprocess import check_model_input
 
 OPSET = 18
 INPUT_NAME = "image"
@@ -92,6 +93,7 @@ def run_onnx(path_or_session, images: torch.Tensor, *, batch_size: int = 256) ->
     """Logits for normalised images (N, 3, R, R); batches when the model's batch dim is dynamic."""
     sess = ort_session(path_or_session) if isinstance(path_or_session, (str, os.PathLike)) else path_or_session
     inp = sess.get_inputs()[0]
+    check_model_input(images, tuple(inp.shape), "this ONNX model")
     fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
     step = fixed or batch_size
     outs = []

@@ -143,24 +143,34 @@ def run_parity(params: dict, *, progress: bool = True) -> tuple[ParityResult, Pa
     p = {**spec.params, **{k: v for k, v in params.items() if v is not None}}
     gates = {**spec.gates, **p.get("gates", {})}
     shared = {k: p[k] for k in ("checkpoint", "recipe") if p.get(k)}
-    entries: list[FormatEntry] = []
-    resolved_meta = None
+    plan = []
     for fmt in p["formats"]:
-        pipeline = load_pipeline(fmt)
+        pipeline, module = format_pipeline(fmt)
         overrides = {k: v for k, v in shared.items() if k in pipeline.params}
         overrides.update({k: v for k, v in p.get(f"{fmt}_params", {}).items()})
         if "out" in pipeline.params:
             overrides["out"] = str(Path(p["out"]) / "artifacts" / fmt)
+        plan.append((fmt, pipeline, module, overrides))
+    check_same_checkpoint([(fmt, o.get("checkpoint")) for fmt, _, _, o in plan])
+    entries: list[FormatEntry] = []
+    published: list[str] = []  # the artifact folders compared: their model cards get the matrix
+    resolved_meta = first = None
+    for fmt, pipeline, module, overrides in plan:
         try:
             results = run_pipeline(pipeline, overrides, progress=progress)
         except PipelineError as exc:
             raise PipelineError(f"the {fmt} pipeline failed (run `nox -s export_{fmt}` to see it alone): {exc}") from None
-        resolved_meta = resolved_meta or results["resolve"].meta
-        if results["resolve"].meta["labels"] != resolved_meta["labels"]:
-            raise PipelineError(f"the {fmt} artifacts carry other labels than the first format's: "
-                                "every format must come from one checkpoint")
-        module = importlib.import_module(f"mbv3_mobile.stages.{pipeline.name}")
+        if resolved_meta is None:
+            resolved_meta, first = results["resolve"].meta, fmt
+        for key, what in (("labels", "labels"), ("preprocessing", "preprocessing (resolution, mean, std)"),
+                          ("source_sha256", "weights")):
+            if results["resolve"].meta[key] != resolved_meta[key]:
+                raise PipelineError(f"the {fmt} artifacts carry other {what} than the {first} artifacts "
+                                    f"({results['resolve'].meta[key]} vs {resolved_meta[key]}): every format must come "
+                                    f"from one checkpoint at one resolution; drop the {fmt}_params overrides")
         entries += module.parity_entries(results)
+        if "package" in results:
+            published.append(results["package"].meta["published"])
     resolve_result = results["resolve"]
     model, pre, labels = common.load_resolved(resolve_result)
     images, y = common.eval_images(p["data"], pre, labels, split="test", limit=p["images"] or None)
@@ -183,12 +193,62 @@ def run_parity(params: dict, *, progress: bool = True) -> tuple[ParityResult, Pa
                                                 **common.environment()})
         (tmp / "parity.md").write_text(md)
         plot(result, tmp / "parity.png")
+    from .model_card import refresh_cards
+
+    refresh_cards(published, parity=out / "report")
     print("\n" + md)
     for n, loc in result.localisation.items():
         print(f"[parity] {n}: {loc['summary']}\n{loc['table']}")
     if result.failures:
         raise GateFailure("parity gates failed:\n  - " + "\n  - ".join(result.failures) + f"\nreport: {out / 'report'}")
     return result, out / "report"
+
+
+def parity_formats() -> list[str]:
+    """Pipelines whose stages module contributes rows (`parity_entries`): the formats parity knows."""
+    from .pipeline import pipelines_dir
+
+    names = []
+    for path in sorted(pipelines_dir().glob("*.toml")):
+        name = load_pipeline(path).name
+        try:
+            module = importlib.import_module(f"mbv3_mobile.stages.{name}")
+        except ModuleNotFoundError:
+            continue
+        if hasattr(module, "parity_entries"):
+            names.append(name)
+    return names
+
+
+def format_pipeline(fmt: str):
+    """(pipeline spec, stages module) of a format, or a PipelineError listing the known formats."""
+    known = parity_formats()
+    if fmt not in known:
+        raise PipelineError(f"unknown format {fmt!r} in formats: parity knows {', '.join(known)} "
+                            "(each is a pipeline in pipelines/ with a stages module that has parity_entries)")
+    pipeline = load_pipeline(fmt)
+    return pipeline, importlib.import_module(f"mbv3_mobile.stages.{pipeline.name}")
+
+
+def check_same_checkpoint(checkpoints: list[tuple[str, str | None]]) -> None:
+    """Before exporting anything: formats given their own checkpoint must agree on labels and
+    preprocessing, or the matrix would compare different models (fails in seconds, not minutes)."""
+    from .checkpoint import load_checkpoint
+
+    seen: tuple[str, list, dict] | None = None
+    for fmt, path in checkpoints:
+        if not path:
+            continue
+        ck = load_checkpoint(path)
+        here = (fmt, list(ck.labels or []), ck.preprocessing.to_dict() if ck.preprocessing else {})
+        if seen is None:
+            seen = here
+            continue
+        for i, what in ((1, "labels"), (2, "preprocessing")):
+            if here[i] != seen[i]:
+                raise PipelineError(f"the {fmt} checkpoint ({path}) has other {what} than the {seen[0]} checkpoint: "
+                                    f"{here[i]} vs {seen[i]}; parity compares one model in every format, so give "
+                                    "every format the same --checkpoint")
 
 
 class _Ctx:

@@ -199,6 +199,11 @@ def run_pipeline(spec: PipelineSpec, overrides: dict[str, Any] | None = None, *,
     unknown = set(overrides or {}) - set(spec.params)
     if unknown:
         raise PipelineError(f"unknown parameter(s) for pipeline {spec.name!r}: {sorted(unknown)}")
+    for st in spec.stages:
+        if st.foreach and not params[st.foreach]:
+            default = ",".join(map(str, spec.params[st.foreach])) or "..."
+            raise PipelineError(f"--{st.foreach.replace('_', '-')} is empty: pipeline {spec.name!r} builds one artifact per "
+                                f"value, so give at least one (default: --{st.foreach.replace('_', '-')} {default})")
     versions = tool_versions()
     results: dict[str, StageResult] = {}
     t_start = time.perf_counter()

@@ -60,3 +60,27 @@ class Preprocessing:
         rgb = image.convert("RGB").resize((self.resolution, self.resolution), Image.BILINEAR)
         array = np.asarray(rgb, dtype=np.float32) / 255.0
         return self.normalize(torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0))[0]
+
+
+# Normalised pixels stay within a few units of 0 for any sane mean/std (ImageNet: -2.2..2.7); raw
+# 0..255 pixels handed in by mistake are far above this.
+_RAW_PIXEL_LIMIT = 20.0
+
+
+def check_model_input(images, shape: tuple[int, ...], what: str) -> None:
+    """Refuse images a model artifact cannot take, naming what is wrong and how to fix it:
+    `shape` is the artifact's input (N, 3, R, R) (N is not checked). Catches another size, gray or
+    RGBA channels, uint8 / raw 0..255 pixels instead of normalised floats."""
+    from .errors import UserError
+
+    got = tuple(images.shape)
+    fix = (f"decode to RGB, resize to {shape[-2]}x{shape[-1]} and normalise with the model's preprocessing "
+           "(mbv3_mobile.data.BatchTransform / Preprocessing.normalize)")
+    if len(got) != 4 or got[1:] != tuple(shape[1:]):
+        channels = {1: " (gray: 1 channel)", 4: " (RGBA: 4 channels)"}.get(got[1] if len(got) == 4 else 0, "")
+        raise UserError(f"{what} takes images of shape (N, {', '.join(map(str, shape[1:]))}); got {got}{channels}: {fix}")
+    if not (images.dtype.is_floating_point if isinstance(images, torch.Tensor) else np.issubdtype(images.dtype, np.floating)):
+        raise UserError(f"{what} takes normalised float32 images; got {images.dtype} (raw pixels?): {fix}")
+    peak = float(images.abs().max()) if len(images) else 0.0
+    if peak > _RAW_PIXEL_LIMIT:
+        raise UserError(f"{what}: image values reach {peak:.0f}, which looks like raw 0..255 pixels, not normalised ones: {fix}")
