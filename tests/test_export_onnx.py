@@ -5,7 +5,7 @@ import json
 import onnx
 import pytest
 
-from mbv3_mobile.pipeline import GateFailure, PipelineError, load_pipeline, run_pipeline
+from mbv3_mobile.pipeline import GateFailure, PipelineError, cache_dir, load_pipeline, run_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +37,18 @@ def test_rerun_is_cached_and_a_parameter_reruns_only_downstream(onnx_run):
     again = run_pipeline(spec, params, progress=False)
     assert all(r.cached for k, r in again.items() if k not in ("package", "_total"))
     changed = run_pipeline(spec, {**params, "calib_images": 50}, progress=False)
+    _forget(changed, first)
     rerun = {k for k, r in changed.items() if not r.cached and k != "_total"}
     assert rerun == {"quantize[int8]", "verify[int8]", "package"}
+
+
+def _forget(changed, first):
+    """Drop the changed run's own cache entries, so the next test session sees them uncached too."""
+    import shutil
+
+    for k in ("quantize[int8]", "verify[int8]"):
+        if changed[k].dir != first[k].dir and changed[k].dir.is_relative_to(cache_dir()):
+            shutil.rmtree(changed[k].dir, ignore_errors=True)
 
 
 def test_failing_gate_publishes_nothing(trained_ci_checkpoint, tmp_path):
