@@ -166,3 +166,22 @@ def test_cli_rejects_bad_parameters_before_any_work(capsys):
     assert "--threads" in err and "'two'" in err
     assert main(["bench", "--rounds", "0"]) == 2
     assert "--rounds must be >= 1" in capsys.readouterr().err
+
+
+def test_findings_explain_misses_from_the_figures():
+    goals = {"pte_fp32/ort_fp32": 0.75, "pte_int8/pte_fp32": 0.6}
+    one = {"eager_fp32": 3.0, "pte_fp32": 0.48, "pte_fp32_native": 0.36, "ort_fp32": 0.52,
+           "pte_int8": 0.28, "pte_int8_native": 0.17}
+    two = {**one, "pte_int8": 0.33, "pte_int8_native": 0.23, "pte_fp32_native": 0.37}
+
+    def block(med):
+        rows = {k: {"summary": {"round_cv": 0.02}} for k in med}
+        return {"medians_ms": med, "rows": rows, "goals": bench.evaluate_goals(med, goals)}
+
+    report = {"latency": {"1": block(one), "2": block(two)}, "training": {"variants": {}}}
+    lines = bench.findings(report)
+    first = next(line for line in lines if line.startswith("1 thread(s): pte_fp32 / ort_fp32"))
+    assert "native runner passes (0.692)" in first and "pte_fp32 120 us" in first
+    second = next(line for line in lines if line.startswith("2 thread(s): pte_int8 / pte_fp32"))
+    assert "also a miss" in second and "pte_int8 gets no faster from 1 to 2 threads (0.280 -> 0.330 ms)" in second
+    assert not any("1 thread(s): pte_int8 / pte_fp32" in line for line in lines)  # 0.583 passes at 1 thread

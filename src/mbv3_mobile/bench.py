@@ -779,6 +779,15 @@ def findings(r: dict) -> list[str]:
                 line += (f"; the same .pte in the native runner passes ({nat['ratio']:.3f}), so the program is not the "
                          "cause: the Python runtime adds a per-call overhead (median Python minus native: "
                          + ", ".join(f"{k} {v * 1e3:.0f} us" for k, v in over.items()) + ")")
+            one = r["latency"].get("1", {}).get("medians_ms", {})
+            slower = [k for k in (g["numerator"], g["denominator"]) if n != "1" and k in one and med[k] > one[k]]
+            if slower and not (nat and nat["verdict"] == "pass"):
+                if nat and nat["verdict"] == "miss":
+                    line += f" (native runner: {nat['ratio']:.3f}, also a miss)"
+                line += ("; " + ", ".join(f"{k} gets no faster from 1 to {n} threads ({one[k]:.3f} -> {med[k]:.3f} ms)"
+                                          for k in slower)
+                         + ": the model's ops are too small to split across threads here, so the ratio reflects "
+                           "threading overhead, not the program; the goal is judged at 1 thread too")
             out.append(line + ".")
         eager = block["rows"].get("eager_fp32")
         if eager and eager["summary"]["round_cv"] > 0.5:
