@@ -234,13 +234,13 @@ def test_drift_localisation_names_the_perturbed_block(ckpt, test_images):
     """A deliberately broken export (one depthwise conv's weights scaled inside the exported
     program, as an exporter bug would): the .pte fails parity, and ETDump/Inspector per-op
     outputs name the block; the intact program departs nowhere."""
-    from mbv3_mobile.drift import localize, outputs_by_module
+    from mbv3_mobile.drift import localize
     from mbv3_mobile.export_executorch import debug_module_outputs, export_program, lower
 
     image = test_images[0][:1]
     model = ckpt.model.eval()
     good = export_program(model, image)
-    clean = localize(model, image, outputs_by_module(debug_module_outputs(good, image)), 1e-4)
+    clean = localize(model, image, debug_module_outputs(good, image), 1e-4)
     assert clean.module is None and len(clean.compared) > 50, clean.table()
     bad = export_program(model, image)
     key = "features.7.block.1.0.weight"  # one depthwise conv; a new tensor, the model's stays intact
@@ -248,5 +248,5 @@ def test_drift_localisation_names_the_perturbed_block(ckpt, test_images):
     assert not torch.equal(bad.state_dict["features.7.block.1.0.weight"], model.features[7].block[1][0].weight)
     report = parity_report(model(test_images[0][:50]), run_pte(lower(bad).buffer, test_images[0][:50]))
     assert report["max_abs_diff"] > 1e-3  # the broken .pte really fails the fp32 gate
-    drift = localize(model, image, outputs_by_module(debug_module_outputs(bad, image)), 1e-4)
+    drift = localize(model, image, debug_module_outputs(bad, image), 1e-4)
     assert drift.module is not None and drift.module.startswith("features.7.block.1"), drift.table()

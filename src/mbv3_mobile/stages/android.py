@@ -199,6 +199,4 @@ def parity_entries(results: dict) -> list:
 
 def _debug_outputs(program_file, image: torch.Tensor) -> dict:
     """Per-module outputs of the program this .pte was lowered from, through ETDump (drift localisation)."""
-    from ..drift import outputs_by_module
-
-    return outputs_by_module(et.debug_module_outputs(load_program(program_file), image))
+    return et.debug_module_outputs(load_program(program_file), image)
