@@ -63,21 +63,16 @@ class DriftReport:
         return f"first departure from eager at `{self.module}` (relative max error {self.relative_error:.3e} > {self.threshold:g})"
 
 
-def outputs_by_module(ordered: list[tuple[str | None, np.ndarray | None]]) -> dict[str, np.ndarray]:
+def outputs_by_module(ordered: list[tuple[str | None, np.ndarray]]) -> dict[str, np.ndarray]:
     """(deepest module path, value) pairs in program order -> {module: its output}: a module's output
-    is the last value produced inside it, so every dotted prefix (ancestor) is assigned too.
-    A value of None is one the format cannot show (an int8 tensor): it hides the module and its
-    ancestors until a later value replaces it, so an earlier value never stands in for it."""
+    is the last value produced inside it, so every dotted prefix (ancestor) is assigned too."""
     out: dict[str, np.ndarray] = {}
     for module, value in ordered:
         if not module:
             continue
         parts = module.split(".")
         for i in range(1, len(parts) + 1):
-            if value is None:
-                out.pop(".".join(parts[:i]), None)
-            else:
-                out[".".join(parts[:i])] = value
+            out[".".join(parts[:i])] = value
     return out
 
 
