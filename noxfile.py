@@ -1,4 +1,4 @@
-"""Sessions: tests, lint, info, train, eval, export_android, export_ios, export_onnx, parity, harness, bench.
+"""Sessions: tests, lint, info, train, eval, export_android, export_ios, export_onnx, parity, harness, bench, card.
 
 Every session runs in ONE shared virtualenv, `.nox/stack`, holding the pinned stack from
 pyproject.toml. The stack is ~1.7 GB; a venv per session would reinstall it for each. The venv is
@@ -101,11 +101,38 @@ def card(session: nox.Session) -> None:
     run(session, str(BIN / "mbv3"), "card", *session.posargs)
 
 
+# The PyTorch -> LiteRT converter (litert-torch) resolves beside torch 2.13.0 but pulls jax,
+# transformers and ~35 more packages: it gets a venv of its own, built on the first `nox -s bench`
+# only (never for the tests), and bench converts through its interpreter. torch is pinned here too:
+# unpinned, pip would pull a multi-GB CUDA build.
+LITERT = ROOT / ".nox" / "litert"
+LITERT_PINS = ["torch==2.13.0", "litert-torch==0.10.0", "ai-edge-litert==2.3.0"]
+
+
+def litert_python(session: nox.Session) -> str | None:
+    python = LITERT / "bin" / "python"
+    stamp = LITERT / ".mbv3-installed"
+    if stamp.exists() and stamp.read_text() == " ".join(LITERT_PINS):
+        return str(python)
+    try:
+        session.run(sys.executable, "-m", "venv", str(LITERT), external=True)
+        session.run(str(python), "-m", "pip", "install", "-q", *LITERT_PINS, external=True)
+    except nox.command.CommandFailed:
+        session.warn("no LiteRT converter venv (see above): bench reports the LiteRT row as skipped")
+        return None
+    stamp.write_text(" ".join(LITERT_PINS))
+    return str(python)
+
+
 @nox.session
 def bench(session: nox.Session) -> None:
     """Every runtime on this host, interleaved, as ratios: `nox -s bench [-- --quick --threads 1,all]`
-    (no arguments: the embedded default model)."""
-    run(session, str(BIN / "mbv3"), "bench", *session.posargs)
+    (no arguments: the embedded default model). MBV3_NO_LITERT=1: skip the LiteRT converter venv."""
+    args = list(session.posargs)
+    if "--litert-python" not in args and "--no-litert" not in args and not os.environ.get("MBV3_NO_LITERT"):
+        python = litert_python(session)
+        args += ["--litert-python", python] if python else []
+    run(session, str(BIN / "mbv3"), "bench", *args)
 
 
 @nox.session(name="eval")
