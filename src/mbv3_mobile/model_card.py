@@ -335,13 +335,18 @@ def _bench_v1_rows(data: dict, path: Path) -> tuple[list[dict], str]:
     return out, host
 
 
-def _bench_command(data: dict, export: dict) -> str:
+def _model_args(export: dict) -> list[str]:
+    """--checkpoint / --recipe of the export a card describes, for its reproduce commands."""
     params = export.get("params", {})
-    args = []
     if params.get("checkpoint"):
-        args += ["--checkpoint", params["checkpoint"]]
-    elif params.get("recipe") and params["recipe"] != "default":
-        args += ["--recipe", params["recipe"]]
+        return ["--checkpoint", params["checkpoint"]]
+    if params.get("recipe") and params["recipe"] != "default":
+        return ["--recipe", params["recipe"]]
+    return []
+
+
+def _bench_command(data: dict, export: dict) -> str:
+    args = _model_args(export)
     if data.get("threads"):
         args += ["--threads", ",".join(map(str, data["threads"]))]
     # A runtime skipped by a switch (e.g. "--no-native") was skipped on the command line.
@@ -681,12 +686,7 @@ def _empty_latency() -> dict:
 def _parity_command(parity_sec: dict | None, export: dict) -> str:
     if parity_sec and parity_sec.get("command"):
         return parity_sec["command"]
-    params = export.get("params", {})
-    args = []
-    if params.get("checkpoint"):
-        args += ["--checkpoint", params["checkpoint"]]
-    elif params.get("recipe") and params["recipe"] != "default":
-        args += ["--recipe", params["recipe"]]
+    args = _model_args(export)
     if parity_sec:  # the formats, from the rows' names (parity.json records no command line)
         fmts = [f for f, pre in PARITY_PREFIXES.items() if any(r["format"].startswith(pre) for r in parity_sec["rows"])]
         if fmts and len(fmts) < len(PARITY_PREFIXES):
