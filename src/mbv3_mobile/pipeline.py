@@ -286,7 +286,9 @@ def parse_overrides(spec: PipelineSpec, argv: list[str]) -> dict[str, Any]:
     """`--calib-images 100 --quant fp32,ptq --no-progress` -> typed values from the pipeline's params."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog=f"mbv3 export {spec.name}", description=spec.title)
+    # parity and bench are commands of their own, the rest are `mbv3 export <name>`
+    prog = f"mbv3 {spec.name}" if not spec.stages else f"mbv3 export {spec.name}"
+    parser = argparse.ArgumentParser(prog=prog, description=spec.title)
     for name, default in spec.params.items():
         flag = "--" + name.replace("_", "-")
         if isinstance(default, dict):
