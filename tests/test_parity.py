@@ -9,7 +9,8 @@ from mbv3_mobile.pipeline import GateFailure, PipelineError
 
 # The same settings as the per-format pipeline tests, so their cached stages are reused here.
 FORMAT_PARAMS = {
-    "android_params": {"parity_images": 500, "calib_images": 100, "bundle_images": 4},
+    # QAT is tested in test_quantize; on 300 images an int8 drop gate of 0.5 pt is 1.5 images.
+    "android_params": {"quant": ["fp32", "ptq"], "parity_images": 500, "calib_images": 100, "bundle_images": 4},
     "ios_params": {"variants": ["fp16", "fp32"], "parity_images": 300, "accuracy_images": 2000, "executorch_pte": False},
     "onnx_params": {"parity_images": 500, "calib_images": 100},
 }
@@ -87,3 +88,16 @@ def test_every_format_refuses_images_it_cannot_take(trained_ci_checkpoint, tmp_p
                        (torch.zeros(2, 3, 32, 32, dtype=torch.uint8), r"normalised float32 images; got torch\.uint8")]:
         with pytest.raises(UserError, match=match):
             entry.run(bad)
+
+
+def test_same_model_check_reads_cached_and_fresh_metadata_alike():
+    """A cached resolve stage's metadata comes back from JSON (lists), a fresh one has tuples."""
+    from mbv3_mobile.parity import check_same_model
+
+    fresh = {"labels": ["a", "b"], "preprocessing": {"resolution": 64, "mean": (0.5, 0.5, 0.5)}, "source_sha256": "x"}
+    cached = {"labels": ["a", "b"], "preprocessing": {"resolution": 64, "mean": [0.5, 0.5, 0.5]}, "source_sha256": "x"}
+    check_same_model("android", fresh, "ios", cached)
+    with pytest.raises(PipelineError, match=r"the ios artifacts carry other preprocessing .* than the android"):
+        check_same_model("android", fresh, "ios", {**cached, "preprocessing": {"resolution": 48, "mean": [0.5] * 3}})
+    with pytest.raises(PipelineError, match=r"other weights"):
+        check_same_model("android", fresh, "ios", {**cached, "source_sha256": "y"})

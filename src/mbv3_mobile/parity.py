@@ -147,6 +147,7 @@ def run_parity(params: dict, *, progress: bool = True) -> tuple[ParityResult, Pa
     for fmt in p["formats"]:
         pipeline, module = format_pipeline(fmt)
         overrides = {k: v for k, v in shared.items() if k in pipeline.params}
+        overrides.update({k: p[f"{fmt}_{k}"] for k in pipeline.params if p.get(f"{fmt}_{k}")})
         overrides.update({k: v for k, v in p.get(f"{fmt}_params", {}).items()})
         if "out" in pipeline.params:
             overrides["out"] = str(Path(p["out"]) / "artifacts" / fmt)
@@ -162,12 +163,7 @@ def run_parity(params: dict, *, progress: bool = True) -> tuple[ParityResult, Pa
             raise PipelineError(f"the {fmt} pipeline failed (run `nox -s export_{fmt}` to see it alone): {exc}") from None
         if resolved_meta is None:
             resolved_meta, first = results["resolve"].meta, fmt
-        for key, what in (("labels", "labels"), ("preprocessing", "preprocessing (resolution, mean, std)"),
-                          ("source_sha256", "weights")):
-            if results["resolve"].meta[key] != resolved_meta[key]:
-                raise PipelineError(f"the {fmt} artifacts carry other {what} than the {first} artifacts "
-                                    f"({results['resolve'].meta[key]} vs {resolved_meta[key]}): every format must come "
-                                    f"from one checkpoint at one resolution; drop the {fmt}_params overrides")
+        check_same_model(first, resolved_meta, fmt, results["resolve"].meta)
         entries += module.parity_entries(results)
         if "package" in results:
             published.append(results["package"].meta["published"])
@@ -249,6 +245,17 @@ def check_same_checkpoint(checkpoints: list[tuple[str, str | None]]) -> None:
                 raise PipelineError(f"the {fmt} checkpoint ({path}) has other {what} than the {seen[0]} checkpoint: "
                                     f"{here[i]} vs {seen[i]}; parity compares one model in every format, so give "
                                     "every format the same --checkpoint")
+
+
+def check_same_model(first: str, first_meta: dict, fmt: str, meta: dict) -> None:
+    """Two formats' resolve metadata must describe one model: labels, preprocessing, weights."""
+    for key, what in (("labels", "labels"), ("preprocessing", "preprocessing (resolution, mean, std)"),
+                      ("source_sha256", "weights")):
+        # JSON form on both sides: a cached stage's meta has lists where a fresh one has tuples.
+        if json.loads(json.dumps(meta[key])) != json.loads(json.dumps(first_meta[key])):
+            raise PipelineError(f"the {fmt} artifacts carry other {what} than the {first} artifacts "
+                                f"({meta[key]} vs {first_meta[key]}): every format must come "
+                                f"from one checkpoint at one resolution; drop the {fmt} overrides")
 
 
 class _Ctx:
