@@ -475,7 +475,7 @@ def run_pte(program, images: torch.Tensor, *, progress: bool = False) -> torch.T
 
 
 @torch.no_grad()
-def debug_module_outputs(program, image: torch.Tensor, *, workdir: str | os.PathLike | None = None) -> dict[str, np.ndarray]:
+def debug_module_outputs(program, image: torch.Tensor) -> dict[str, np.ndarray]:
     """{nn.Module path: its output} for one image, from `program` (the ExportedProgram a .pte is
     lowered from) running in the ExecuTorch runtime, for drift localisation.
 
@@ -508,7 +508,7 @@ def debug_module_outputs(program, image: torch.Tensor, *, workdir: str | os.Path
     owners: dict[torch.fx.Node, list[str]] = {}  # node -> the modules whose output it is
     for module, node in _last_node_per_module(graph).items():
         owners.setdefault(node, []).append(module)
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         pte, etdump, debug, record = (str(Path(tmp) / n) for n in ("debug.pte", "run.etdp", "debug.bin", "etrecord.bin"))
         Path(pte).write_bytes(manager.buffer)
         # The Inspector resolves instruction -> debug handle only from a serialised ETRecord (the
@@ -548,7 +548,7 @@ def _last_node_per_module(nodes) -> dict[str, torch.fx.Node]:
     module and each of its ancestors: its output is the module's output."""
     last: dict[str, torch.fx.Node] = {}
     for node in nodes:
-        if _is_qdq(node) or _op_name(node.target).replace("edge.", "") in _LAYOUT_OPS:
+        if _is_qdq(node) or _op_name(node.target) in _LAYOUT_OPS:
             continue
         path = _node_module(node)[0]
         if not path or path == "<root>":

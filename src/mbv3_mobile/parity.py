@@ -231,6 +231,8 @@ def check_same_checkpoint(checkpoints: list[tuple[str, str | None]]) -> None:
     preprocessing, or the matrix would compare different models (fails in seconds, not minutes)."""
     from .checkpoint import load_checkpoint
 
+    if len({path for _, path in checkpoints if path}) < 2:
+        return  # one checkpoint (or the recipe) for every format: nothing to compare, nothing to load
     seen: tuple[str, list, dict] | None = None
     for fmt, path in checkpoints:
         if not path:

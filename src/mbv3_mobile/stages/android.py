@@ -193,10 +193,6 @@ def parity_entries(results: dict) -> list:
             program = results[f"quantize[{r.variant}]"].file(PROGRAM)
             entries.append(FormatEntry(f"pte {r.variant} (ExecuTorch)", precision,
                                        run=lambda x, p=pte: et.run_pte(p, x),
-                                       module_outputs=lambda x, p=program: _debug_outputs(p, x)))
+                                       # drift localisation: the program this .pte was lowered from, through ETDump
+                                       module_outputs=lambda x, p=program: et.debug_module_outputs(load_program(p), x)))
     return entries
-
-
-def _debug_outputs(program_file, image: torch.Tensor) -> dict:
-    """Per-module outputs of the program this .pte was lowered from, through ETDump (drift localisation)."""
-    return et.debug_module_outputs(load_program(program_file), image)
