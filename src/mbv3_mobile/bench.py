@@ -34,7 +34,7 @@ import torch
 
 from .atomic import atomic_dir
 from .errors import UserError
-from .pipeline import PipelineError, load_pipeline, run_pipeline
+from .pipeline import load_pipeline, run_pipeline
 from .stages import common
 
 SCHEMA = "mbv3-bench/1"
@@ -293,20 +293,14 @@ def open_engine(key: str, art: Artifacts, threads: int, x: torch.Tensor, *, runn
 
 def gather_artifacts(p: dict, *, progress: bool) -> tuple[Artifacts, dict[str, dict]]:
     """Run (or reuse) the android and onnx pipelines; the files each runtime runs, and the results."""
-    shared = {k: p[k] for k in ("checkpoint", "recipe") if p.get(k)}
+    from .parity import check_same_model, format_overrides, run_format
+
     results = {}
     for fmt in ("android", "onnx"):
         spec = load_pipeline(fmt)
-        overrides = {k: v for k, v in shared.items() if k in spec.params}
-        overrides.update(p.get(f"{fmt}_params", {}))
-        overrides["out"] = str(Path(p["out"]) / "artifacts" / fmt)
-        try:
-            results[fmt] = run_pipeline(spec, overrides, progress=progress)
-        except PipelineError as exc:
-            raise PipelineError(f"the {fmt} pipeline failed (run `nox -s export_{fmt}` to see it alone): {exc}") from None
+        results[fmt] = run_format(fmt, spec, format_overrides(fmt, spec, p), progress=progress)
     android, onnx = results["android"], results["onnx"]
-    if android["resolve"].meta["source_sha256"] != onnx["resolve"].meta["source_sha256"]:
-        raise BenchError("the android and onnx artifacts come from different checkpoints")
+    check_same_model("android", android["resolve"].meta, "onnx", onnx["resolve"].meta)
     files: dict[str, Path] = {"eager_fp32": android["resolve"].file(common.MODEL_FILE)}
     for variant, key in (("fp32", "pte_fp32"), ("ptq", "pte_int8")):
         if f"lower[{variant}]" in android:

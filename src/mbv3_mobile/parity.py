@@ -142,25 +142,16 @@ def run_parity(params: dict, *, progress: bool = True) -> tuple[ParityResult, Pa
     spec = load_pipeline("parity")
     p = {**spec.params, **{k: v for k, v in params.items() if v is not None}}
     gates = {**spec.gates, **p.get("gates", {})}
-    shared = {k: p[k] for k in ("checkpoint", "recipe") if p.get(k)}
     plan = []
     for fmt in p["formats"]:
         pipeline, module = format_pipeline(fmt)
-        overrides = {k: v for k, v in shared.items() if k in pipeline.params}
-        overrides.update({k: p[f"{fmt}_{k}"] for k in pipeline.params if p.get(f"{fmt}_{k}")})
-        overrides.update({k: v for k, v in p.get(f"{fmt}_params", {}).items()})
-        if "out" in pipeline.params:
-            overrides["out"] = str(Path(p["out"]) / "artifacts" / fmt)
-        plan.append((fmt, pipeline, module, overrides))
+        plan.append((fmt, pipeline, module, format_overrides(fmt, pipeline, p)))
     check_same_checkpoint([(fmt, o.get("checkpoint")) for fmt, _, _, o in plan])
     entries: list[FormatEntry] = []
     published: list[str] = []  # the artifact folders compared: their model cards get the matrix
     resolved_meta = first = None
     for fmt, pipeline, module, overrides in plan:
-        try:
-            results = run_pipeline(pipeline, overrides, progress=progress)
-        except PipelineError as exc:
-            raise PipelineError(f"the {fmt} pipeline failed (run `nox -s export_{fmt}` to see it alone): {exc}") from None
+        results = run_format(fmt, pipeline, overrides, progress=progress)
         if resolved_meta is None:
             resolved_meta, first = results["resolve"].meta, fmt
         check_same_model(first, resolved_meta, fmt, results["resolve"].meta)
@@ -198,6 +189,25 @@ def run_parity(params: dict, *, progress: bool = True) -> tuple[ParityResult, Pa
     if result.failures:
         raise GateFailure("parity gates failed:\n  - " + "\n  - ".join(result.failures) + f"\nreport: {out / 'report'}")
     return result, out / "report"
+
+
+def format_overrides(fmt: str, pipeline, p: dict) -> dict:
+    """A format pipeline's parameters from a cross-format command's (parity, bench): the shared
+    checkpoint / recipe, `<fmt>_<param>` options, the `<fmt>_params` table, and an output folder
+    under the command's `out`."""
+    overrides = {k: p[k] for k in ("checkpoint", "recipe") if p.get(k) and k in pipeline.params}
+    overrides.update({k: p[f"{fmt}_{k}"] for k in pipeline.params if p.get(f"{fmt}_{k}")})
+    overrides.update(p.get(f"{fmt}_params", {}))
+    if "out" in pipeline.params:
+        overrides["out"] = str(Path(p["out"]) / "artifacts" / fmt)
+    return overrides
+
+
+def run_format(fmt: str, pipeline, overrides: dict, *, progress: bool) -> dict:
+    try:
+        return run_pipeline(pipeline, overrides, progress=progress)
+    except PipelineError as exc:
+        raise PipelineError(f"the {fmt} pipeline failed (run `nox -s export_{fmt}` to see it alone): {exc}") from None
 
 
 def parity_formats() -> list[str]:
