@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
-from mbv3_mobile.atomic import atomic_dir
+from mbv3_mobile.core.atomic import atomic_dir
 
 from .elf import elf_arch, elf_needed
 from .errors import BuildError

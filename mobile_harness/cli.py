@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mbv3_mobile.errors import UserError
+from mbv3_mobile.core.errors import UserError
 
 from .bench import BenchPlan, find_models
 from .build import TARGETS as BUILD_TARGETS

@@ -4,7 +4,7 @@ They derive from mbv3_mobile's UserError so the project's CLIs print them withou
 
 from __future__ import annotations
 
-from mbv3_mobile.errors import UserError
+from mbv3_mobile.core.errors import UserError
 
 
 class HarnessError(UserError):

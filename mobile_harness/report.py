@@ -8,7 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from mbv3_mobile.atomic import atomic_dir
+from mbv3_mobile.core.atomic import atomic_dir
 
 
 def _ms(v) -> str:

@@ -14,14 +14,14 @@ torch.set_num_threads(max(1, os.cpu_count() or 1))
 
 @pytest.fixture(scope="session")
 def trained_ci_checkpoint() -> Path:
-    """MobileNetV3-Small 0.5 @32 trained briefly on real Fashion-MNIST (recipe 'ci' in mbv3_mobile.zoo)."""
-    from mbv3_mobile.zoo import ensure_model
+    """MobileNetV3-Small 0.5 @32 trained briefly on real Fashion-MNIST (recipe 'ci', shipped in mbv3_mobile/train/zoo: the same file on every machine)."""
+    from mbv3_mobile.train.zoo import ensure_model
 
     return ensure_model("ci", progress=False)
 
 
 @pytest.fixture(scope="session")
 def fashion_test():
-    from mbv3_mobile.data import load_fashion_mnist
+    from mbv3_mobile.data.datasets import load_fashion_mnist
 
     return load_fashion_mnist("test")

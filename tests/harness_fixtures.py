@@ -39,7 +39,8 @@ def _export(checkpoint: Path, out: Path) -> None:
         expected = model(inputs)
     example = inputs[:1]
     try:  # the project's exporter when present; else the same ExecuTorch calls directly
-        from mbv3_mobile.export_executorch import bundle_program, export_to_executorch
+        from mbv3_mobile.export.executorch.bundle import bundle_program
+        from mbv3_mobile.export.executorch.lower import export_to_executorch
 
         lowered = export_to_executorch(model, example)
         pte = lowered.buffer

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from mbv3_mobile import bench
 from mbv3_mobile.cli import main
+from mbv3_mobile.report import bench
 
 # The same settings as the per-format pipeline tests, so their cached stages are reused here.
 FORMAT_PARAMS = {
@@ -58,7 +58,7 @@ def test_quick_run_writes_a_consistent_report(quick_report):
             assert row["images_per_s"] == pytest.approx(1e3 / s["p50_ms"])
             assert row["gflops"] == pytest.approx(2 * macs * row["images_per_s"] / 1e9)
             assert row["fraction_of_peak"] == pytest.approx(row["gflops"] / (report["peak"]["peak_gflops_per_core"] * int(n)))
-            if bench.RUNTIMES[key][1] == "fp32":
+            if report["runtimes"][key]["precision"] == "fp32":
                 # Every fp32 runtime computes the eager logits on the same image: this also proves the
                 # native runner (fed the .bpte's bundled case) got the same pixels as the rest.
                 assert row["max_abs_diff_vs_eager"] < 1e-4 and row["same_top1_as_eager"], key

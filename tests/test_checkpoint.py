@@ -6,7 +6,7 @@ import torch
 from deterministic import deterministic_input, fill_state_dict
 
 from mbv3_mobile import CheckpointError, Preprocessing, build_model, load_checkpoint, save_checkpoint
-from mbv3_mobile.checkpoint import guess_config, timm_to_torchvision
+from mbv3_mobile.model.checkpoint import guess_config, timm_to_torchvision
 
 REF = json.loads((Path(__file__).parent / "fixtures" / "reference_layouts.json").read_text())
 

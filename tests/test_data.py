@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mbv3_mobile.data import (
+from mbv3_mobile.data.datasets import (
     FASHION_MNIST_LABELS,
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,

@@ -9,12 +9,12 @@ import torch
 from PIL import Image
 from test_data import make_image_tree
 
-from mbv3_mobile.checkpoint import load_checkpoint, save_checkpoint
 from mbv3_mobile.cli import main
-from mbv3_mobile.data import FASHION_MNIST_LABELS, BatchTransform
-from mbv3_mobile.errors import UserError
-from mbv3_mobile.evaluate import evaluate
-from mbv3_mobile.model import build_model
+from mbv3_mobile.core.errors import UserError
+from mbv3_mobile.data.datasets import FASHION_MNIST_LABELS, BatchTransform
+from mbv3_mobile.model.checkpoint import load_checkpoint, save_checkpoint
+from mbv3_mobile.model.network import build_model
+from mbv3_mobile.train.evaluate import evaluate
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -104,7 +104,7 @@ def test_random_model_is_near_chance(tmp_path):
     with torch.no_grad():
         for p in model.classifier[3].parameters():
             p.normal_(0, 1)
-    from mbv3_mobile.data import fashion_mnist_preprocessing
+    from mbv3_mobile.data.datasets import fashion_mnist_preprocessing
 
     save_checkpoint(tmp_path / "rand.safetensors", model, preprocessing=fashion_mnist_preprocessing(32),
                     labels=list(FASHION_MNIST_LABELS))

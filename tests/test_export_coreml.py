@@ -19,15 +19,44 @@ import torch
 
 ct = pytest.importorskip("coremltools")
 
-from mbv3_mobile import export_coreml as ec  # noqa: E402
-from mbv3_mobile.checkpoint import load_checkpoint  # noqa: E402
-from mbv3_mobile.data import balanced_subset  # noqa: E402
-from mbv3_mobile.errors import UserError  # noqa: E402
-from mbv3_mobile.mil_interpreter import load_program  # noqa: E402
-from mbv3_mobile.preprocess import Preprocessing  # noqa: E402
+from mbv3_mobile.core.errors import UserError  # noqa: E402
+from mbv3_mobile.data.datasets import balanced_subset  # noqa: E402
+from mbv3_mobile.data.preprocess import Preprocessing  # noqa: E402
+from mbv3_mobile.export.coreml import archive, convert, delegate, runtime  # noqa: E402
+from mbv3_mobile.model.checkpoint import load_checkpoint  # noqa: E402
+from mbv3_mobile.verify.mil_interpreter import load_program  # noqa: E402
 
 pytestmark = pytest.mark.slow
 PER_CLASS = 100  # 1000 real test images: 0.1 accuracy points == 1 image
+
+
+class ec:  # noqa: N801 - the Core ML export's public surface, one name for the tests
+    app_pictures, eager_logits, package_info = runtime.app_pictures, runtime.eager_logits, runtime.package_info
+    interpreter_outputs, module_outputs, coreml_predict = (runtime.interpreter_outputs, runtime.module_outputs,
+                                                           runtime.coreml_predict)
+    export_coreml, zip_mlpackage, CoreMLExportError = convert.export_coreml, archive.zip_mlpackage, convert.CoreMLExportError
+    build_executorch_coreml = delegate.build_executorch_coreml
+
+
+def parity(package, pictures, eager, labels=None) -> dict:
+    """The pipeline's comparator on a package's interpreter outputs, its gate table judged as the
+    iOS pipeline judges it, plus the classifier's own consistency (classLabel = arg-max)."""
+    from mbv3_mobile.pipeline import load_pipeline
+    from mbv3_mobile.verify.compare import compare_logits
+    from mbv3_mobile.verify.gates import check_gates, gate_verdict
+
+    info = runtime.package_info(package)
+    out = runtime.interpreter_outputs(package, pictures)
+    ref = torch.from_numpy(np.asarray(eager, dtype=np.float32))
+    rep = compare_logits(ref, torch.from_numpy(out["logits"]), None if labels is None else torch.as_tensor(labels))
+    names = info["labels"] or out["class_order"]
+    rep["class_label_matches_argmax"] = all(lab == names[i] for lab, i in zip(out["labels"], out["logits"].argmax(1)))
+    probs = np.exp(eager - eager.max(1, keepdims=True))
+    rep["max_abs_dprob"] = float(np.abs(out["probs"] - probs / probs.sum(1, keepdims=True)).max())
+    rep["compression"] = info["compression"]
+    table = "compressed" if info["compression"] else info["precision"]
+    rep["verdict"] = gate_verdict(check_gates(rep, load_pipeline("ios").gates[table]))
+    return rep
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +90,8 @@ def packages(ck, tmp_path_factory):
 
 
 def _report(name, packages, data):
-    rep = ec.parity_report(packages[name].path, data["pictures"], data["eager"], data["labels"])
-    print(f"\n[coreml {name}] " + json.dumps({k: v for k, v in rep.items() if k != "gates"}))
+    rep = parity(packages[name].path, data["pictures"], data["eager"], data["labels"])
+    print(f"\n[coreml {name}] " + json.dumps({k: v for k, v in rep.items() if k not in ("bounds", "counts")}))
     return rep
 
 
@@ -142,18 +171,18 @@ def test_export_result_and_source_map(packages):
 def test_fp32_program_matches_eager(ck, packages, data):
     rep = _report("fp32", packages, data)
     assert rep["images"] == 10 * PER_CLASS
-    assert rep["eager_top1"] > 0.6, "the CI model should be trained"
+    assert rep["reference_top1"] > 0.6, "the CI model should be trained"
     assert rep["top1_agreement"] == 1.0
-    assert rep["max_abs_dlogit"] <= ec.FP32_MAX_ABS_DLOGIT
+    assert rep["max_abs_dlogit"] <= 1e-4
     assert rep["class_label_matches_argmax"] is True
     assert rep["max_abs_dprob"] < 1e-5
-    assert rep["gates"]["passed"] and len(rep["gates"]["checked"]) == 2
+    assert rep["verdict"] == "pass"
 
 
 def test_fp16_program_accuracy_drop(packages, data):
     rep = _report("fp16", packages, data)
-    assert rep["accuracy_drop_pt"] <= ec.FP16_MAX_ACCURACY_DROP_PT
-    assert rep["gates"]["passed"]
+    assert rep["top1_drop"] <= 0.001
+    assert rep["verdict"] in ("pass", "inconclusive")  # 1000 pictures resolve a 0.1 pt gate only at ~no flips
     # fp16 rounding is really emulated: the program drifts from eager, but only a little
     assert 1e-4 < rep["max_abs_dlogit"] < 0.5
     assert rep["top1_agreement"] >= 0.98
@@ -169,8 +198,7 @@ def test_compressed_variants_load_back_and_report(packages, data, variant, op):
     assert info["compression"] == variant.split("_", 1)[1]
     rep = _report(variant, packages, data)
     assert rep["compression"] == info["compression"]
-    assert rep["gates"]["passed"] and rep["gates"]["checked"] == []  # reported, not gated
-    assert rep["top1_agreement"] >= 0.95 and abs(rep["accuracy_drop_pt"]) < 3.0
+    assert rep["top1_agreement"] >= 0.95 and abs(rep["top1_drop"]) < 0.03
     print(f"[coreml {variant}] size {res.size_bytes} B vs fp16 {packages['fp16'].size_bytes} B")
 
 
@@ -181,14 +209,14 @@ def test_per_channel_normalisation_is_exact_for_unequal_std(ck, data, tmp_path):
     ec.export_coreml(ck.model, pre, ck.labels, pkg, precision="fp32")
     pictures = data["pictures"][:200]
     eager = ec.eager_logits(ck.model, pre, pictures)
-    rep = ec.parity_report(pkg, pictures, eager)
+    rep = parity(pkg, pictures, eager)
     assert rep["top1_agreement"] == 1.0
-    assert rep["max_abs_dlogit"] <= ec.FP32_MAX_ABS_DLOGIT
+    assert rep["max_abs_dlogit"] <= 1e-4
 
 
 def _localize(ck, package, source_map, picture):
     """Drift report for one uint8 RGB picture (R, R, 3) of a package vs the eager model."""
-    from mbv3_mobile.drift import localize, outputs_by_module
+    from mbv3_mobile.verify.drift import localize, outputs_by_module
 
     feed = picture.transpose(2, 0, 1)[None].astype(np.float32)
     x = ck.preprocessing.normalize(torch.from_numpy(feed) / 255.0)
@@ -301,8 +329,8 @@ def test_ios18_int4_block_variant(ck, data, tmp_path):
     res = ec.export_coreml(ck.model, ck.preprocessing, ck.labels, tmp_path / "i4.mlpackage",
                            deployment_target="iOS18", compression="int4_block")
     assert res.ops.get("constexpr_blockwise_shift_scale", 0) > 0
-    rep = ec.parity_report(res.path, data["pictures"], data["eager"], data["labels"])
-    print(f"\n[coreml ios18 int4_block] size {res.size_bytes} B " + json.dumps({k: v for k, v in rep.items() if k != "gates"}))
+    rep = parity(res.path, data["pictures"], data["eager"], data["labels"])
+    print(f"\n[coreml ios18 int4_block] size {res.size_bytes} B top-1 agreement {rep['top1_agreement']:.4f}")
     assert rep["top1_agreement"] >= 0.9
 
 

@@ -26,15 +26,17 @@ def test_published_packages_manifest_and_gates(ios_run):
     entries = {f["path"]: f for f in manifest["files"]}
     assert entries["MobileNetV3.mlpackage"]["kind"] == "directory" and entries["MobileNetV3.mlpackage"]["files"]
     fp32, fp16 = manifest["figures"]["fp32"], manifest["figures"]["fp16"]
-    assert fp32["images"] == 300 and fp32["top1_agreement"] == 1.0 and fp32["max_abs_logit_diff"] <= 1e-4
-    assert fp16["images"] == 2000 and fp16["top1_drop_pts"] <= 0.1 and fp16["reference_top1"] > 0.5
+    assert fp32["images"] == 300 and fp32["top1_agreement"] == 1.0 and fp32["max_abs_dlogit"] <= 1e-4
+    assert fp16["images"] == 2000 and fp16["top1_drop"] <= 0.001 and fp16["reference_top1"] > 0.5
     assert manifest["variants"]["fp16"]["precision"] == "fp16" and manifest["deployment_target"] == "iOS16"
     assert "VNCoreMLRequest" in (folder / "README.md").read_text()
 
 
 def test_fp16_gate_failure_publishes_nothing(trained_ci_checkpoint, tmp_path):
     spec = load_pipeline("ios")
-    strict = spec.__class__(**{**spec.__dict__, "gates": {**spec.gates, "fp16_max_abs_logit": 0.0, "fp16_max_drop_pts": -100.0}})
+    from mbv3_mobile.verify.gates import GateRule
+
+    strict = spec.__class__(**{**spec.__dict__, "gates": {**spec.gates, "fp16": (GateRule("max_abs_dlogit", "<=", 0.0),)}})
     with pytest.raises(GateFailure, match="Core ML fp16"):
         run_pipeline(strict, {"checkpoint": str(trained_ci_checkpoint), "out": str(tmp_path), "variants": ["fp16"],
                               "accuracy_images": 200, "executorch_pte": False}, progress=False)

@@ -14,8 +14,8 @@ cto = pytest.importorskip("coremltools.optimize.coreml")
 
 from coremltools.converters.mil import Builder as mb  # noqa: E402
 
-from mbv3_mobile.errors import UserError  # noqa: E402
-from mbv3_mobile.mil_interpreter import (  # noqa: E402
+from mbv3_mobile.core.errors import UserError  # noqa: E402
+from mbv3_mobile.verify.mil_interpreter import (  # noqa: E402
     SUPPORTED_OPS,
     MILInterpreterError,
     MILProgram,

@@ -6,9 +6,9 @@ import torch
 from deterministic import deterministic_input, fill_deterministic
 
 from mbv3_mobile import ModelConfig, build_model, mobilenet_v3_large, mobilenet_v3_small
-from mbv3_mobile.config import WIDTHS, make_divisible
-from mbv3_mobile.errors import ConfigError
-from mbv3_mobile.profile import profile_model
+from mbv3_mobile.core.errors import ConfigError
+from mbv3_mobile.model.config import WIDTHS, make_divisible
+from mbv3_mobile.model.flops import profile_model
 
 REF = json.loads((Path(__file__).parent / "fixtures" / "reference_layouts.json").read_text())
 
@@ -45,7 +45,7 @@ def test_forward_matches_torchvision_on_identical_weights(key):
 
 def test_minimal_variant_matches_tf_slim_layout():
     # timm's tf_mobilenetv3_*_minimal_100 is the TF-slim minimalistic model; mapped, its layout is ours.
-    from mbv3_mobile.checkpoint import guess_config, timm_to_torchvision
+    from mbv3_mobile.model.checkpoint import guess_config, timm_to_torchvision
 
     for arch in ("large", "small"):
         lay = REF["layouts"][f"timm_tf_mobilenetv3_{arch}_minimal_100"]

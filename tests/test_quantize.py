@@ -8,22 +8,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mbv3_mobile.checkpoint import load_checkpoint
-from mbv3_mobile.data import BatchTransform, load_fashion_mnist
-from mbv3_mobile.quantize import (
+from mbv3_mobile.data.datasets import BatchTransform, load_fashion_mnist
+from mbv3_mobile.model.checkpoint import load_checkpoint
+from mbv3_mobile.quantize.pt2e import (
     QATConfig,
     QuantizationError,
-    QuantizationGateError,
     calibration_images,
-    check_quantization_gate,
     predict_logits,
     prepare_qat,
-    quantization_report,
     quantize_ptq,
     quantize_qat,
     real_images,
     reparameterize_bn_eps,
 )
+from mbv3_mobile.verify.compare import compare_logits
+from mbv3_mobile.verify.gates import tango_bounds
 
 N_EVAL = 1000
 
@@ -61,7 +60,7 @@ def ptq_model(ckpt, calib):
 @pytest.fixture(scope="module")
 def ptq_report(ptq_model, ckpt, eval_set, fp32_logits):
     logits, labels = predict_logits(ptq_model, eval_set, ckpt.preprocessing)
-    return quantization_report(fp32_logits[0], logits, labels)
+    return {**compare_logits(fp32_logits[0], logits, labels), "logits": logits}
 
 
 def test_calibration_uses_real_balanced_training_images(ckpt, train_set):
@@ -111,7 +110,7 @@ def test_qat_graph_matches_eager_once_bn_eps_is_fixed(ckpt, calib):
     from torchao.quantization.pt2e import disable_fake_quant, disable_observer, move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
-    from mbv3_mobile.quantize import _export_for_quantization, xnnpack_quantizer
+    from mbv3_mobile.quantize.pt2e import _export_for_quantization, xnnpack_quantizer
 
     x, _ = real_images(ckpt.preprocessing, 200, split="test")
     with torch.no_grad():
@@ -139,28 +138,23 @@ def test_qat_graph_matches_eager_once_bn_eps_is_fixed(ckpt, calib):
 
 def test_ptq_accuracy_close_to_fp32(ptq_report):
     assert ptq_report["images"] == N_EVAL
-    assert ptq_report["fp32_top1"] > 70, "the CI model should be trained"
-    assert ptq_report["drop_pt"] <= 1.0, ptq_report
-    assert ptq_report["top1_agreement"] >= 95.0, ptq_report
+    assert ptq_report["reference_top1"] > 0.7, "the CI model should be trained"
+    # judged on the 95 % bounds, not the point value: the drop is not significantly above 1 pt
+    assert ptq_report["bounds"]["top1_drop"][0] <= 0.01, ptq_report
+    assert ptq_report["bounds"]["top1_agreement"][1] >= 0.95, ptq_report
 
 
 def test_qat_at_least_as_accurate_as_ptq(ckpt, train_set, calib, eval_set, fp32_logits, ptq_report):
     config = QATConfig(steps=80, batch_size=64, lr=5e-5)
     qat = quantize_qat(ckpt.model, train_set, ckpt.preprocessing, calib, config, progress=False)
     logits, labels = predict_logits(qat, eval_set, ckpt.preprocessing)
-    report = quantization_report(fp32_logits[0], logits, labels)
-    assert report["int8_top1"] >= ptq_report["int8_top1"], (report, ptq_report)
-    assert report["drop_pt"] <= 0.3, report
+    report = compare_logits(fp32_logits[0], logits, labels)
+    # QAT is not significantly worse than PTQ on the same pictures (paired, one-sided 95 %): a
+    # difference of a few pictures either way is noise, not a verdict.
+    ptq_ok = ptq_report["logits"].argmax(1) == labels
+    qat_ok = logits.argmax(1) == labels
+    lower, _ = tango_bounds(int((ptq_ok & ~qat_ok).sum()), int((~ptq_ok & qat_ok).sum()), len(labels))
+    assert lower <= 0.0, (report["top1"], ptq_report["top1"])
+    assert report["bounds"]["top1_drop"][0] <= 0.003, report  # not significantly above the 0.3-pt QAT gate
     # the input model is untouched (QAT trains a copy)
     assert all(m.eps == 1e-3 for m in ckpt.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
-
-
-def test_quantization_gate():
-    fp32 = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [0.0, 2.0]])
-    int8 = torch.tensor([[2.0, 0.0], [0.0, 2.0], [0.0, 2.0], [0.0, 2.0]])
-    labels = torch.tensor([0, 1, 0, 1])
-    report = quantization_report(fp32, int8, labels)
-    assert report == {"images": 4, "fp32_top1": 100.0, "int8_top1": 75.0, "drop_pt": 25.0, "top1_agreement": 75.0}
-    assert check_quantization_gate(report, 30.0) is report
-    with pytest.raises(QuantizationGateError, match="25.00 pt drop"):
-        check_quantization_gate(report, 0.5, what="int8 PTQ")

@@ -15,11 +15,12 @@ import torch
 from safetensors.torch import load_file
 from test_data import make_image_tree
 
-from mbv3_mobile.checkpoint import load_checkpoint
 from mbv3_mobile.cli import main
-from mbv3_mobile.data import FASHION_MNIST_LABELS, FASHION_MNIST_MEAN
-from mbv3_mobile.errors import UserError
-from mbv3_mobile.train import STATE_FILE, TrainConfig, state_fingerprint, train
+from mbv3_mobile.core.errors import UserError
+from mbv3_mobile.data.datasets import FASHION_MNIST_LABELS, FASHION_MNIST_MEAN
+from mbv3_mobile.model.checkpoint import load_checkpoint
+from mbv3_mobile.train.distributed import state_fingerprint
+from mbv3_mobile.train.loop import STATE_FILE, TrainConfig, train
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 # Tiny runs: MobileNetV3-Small 0.35 at 32 px on a 640-image balanced subset, 10 steps per epoch.
@@ -79,7 +80,7 @@ def test_short_training_run_learns(tmp_path, fashion_test):
     assert ckpt.labels == list(FASHION_MNIST_LABELS) and ckpt.config.num_classes == 10
     assert ckpt.preprocessing.resolution == 32 and ckpt.preprocessing.mean[0] == FASHION_MNIST_MEAN[0]
     assert ckpt.extra["epochs"] == 2 and ckpt.extra["train_config"]["lr"] == 1e-2
-    from mbv3_mobile.data import BatchTransform
+    from mbv3_mobile.data.datasets import BatchTransform
 
     x = BatchTransform(ckpt.preprocessing)(fashion_test.images[:2000])
     with torch.no_grad():

@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from mbv3_mobile.cli import main
 
 sys.exit(main())

@@ -1,0 +1,8 @@
+"""The small shared core every room (and mobile_harness) may use: user-facing errors, atomic and
+durable writes, content hashes. It imports nothing else of the project."""
+
+from mbv3_mobile.core.atomic import atomic_dir, atomic_path, write_text_atomic
+from mbv3_mobile.core.errors import ConfigError, UserError
+from mbv3_mobile.core.hashing import sha256_bytes, sha256_file
+
+__all__ = ["ConfigError", "UserError", "atomic_dir", "atomic_path", "sha256_bytes", "sha256_file", "write_text_atomic"]

@@ -1,0 +1,33 @@
+"""What parity runs for this format: every Core ML variant through the MIL interpreter, with drift
+localisation from its per-op outputs mapped to nn.Module paths (Core ML runs only on macOS, so the
+bench has no Core ML row here)."""
+
+from __future__ import annotations
+
+import json
+
+from mbv3_mobile.export.coreml.runtime import float_pictures, module_outputs, run_package
+from mbv3_mobile.verify.compare import Candidate
+from mbv3_mobile.verify.drift import outputs_by_module
+
+FORMAT = "coreml"
+
+
+def parity_entries(results: dict) -> list[Candidate]:
+    from mbv3_mobile.pipeline.stages import load_resolved
+
+    _, pre, _ = load_resolved(results["resolve"])
+    entries = []
+    for _, r in sorted(results.items()):
+        if getattr(r, "name", None) != "convert":
+            continue
+        package = r.out("package")
+        source_map = json.loads(r.out("source_map").read_text())
+
+        def per_module(image, package=package, source_map=source_map):
+            return outputs_by_module(module_outputs(package, float_pictures(image[:1], pre), source_map))
+
+        gate = "compressed" if r.meta["compression"] else r.meta["precision"]
+        entries.append(Candidate(f"coreml {r.variant} (MIL interp.)", gate, FORMAT,
+                                 run=lambda x, p=package: run_package(p, x, pre), module_outputs=per_module))
+    return entries

@@ -1,0 +1,78 @@
+"""iOS pipeline stages: Core ML conversion per variant (fp16 / fp32 / compressed) -> numerics
+through the MIL reference interpreter on real pictures -> ExecuTorch Core ML delegate .pte.
+Packaging (zips, README, manifest) is `package.py`."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+
+from mbv3_mobile.data.selection import uint8_images
+from mbv3_mobile.export.coreml import convert as cm
+from mbv3_mobile.export.coreml.delegate import build_executorch_coreml
+from mbv3_mobile.export.coreml.runtime import app_pictures, coreml_predict, interpreter_outputs, run_package
+from mbv3_mobile.pipeline.runner import StageContext
+from mbv3_mobile.pipeline.spec import PipelineError
+from mbv3_mobile.pipeline.stages import load_resolved, verify_against_eager
+
+
+def parse_variant(variant: str) -> tuple[str, str | None]:
+    """'fp16' | 'fp32' | 'fp16_int8' | 'fp16_palette6' | 'fp16_int4_block' -> (precision, compression)."""
+    precision, _, compression = variant.partition("_")
+    if precision not in ("fp16", "fp32") or (compression and compression not in cm.COMPRESSIONS):
+        raise PipelineError(f"unknown Core ML variant {variant!r}: use fp16, fp32 or fp16_<{'|'.join(cm.COMPRESSIONS)}>")
+    return precision, compression or None
+
+
+def gate_table(variant: str) -> str:
+    precision, compression = parse_variant(variant)
+    return "compressed" if compression else precision
+
+
+def convert(ctx: StageContext) -> dict:
+    model, pre, labels = load_resolved(ctx.inputs["resolve"])
+    precision, compression = parse_variant(ctx.variant)
+    meta = cm.AppMetadata(author=ctx.params["author"], license=ctx.params["license"])
+    target = ctx.params["deployment_target"]
+    ctx.log(f"coremltools: {precision}{' + ' + compression if compression else ''}, target {target}")
+    result = cm.export_coreml(model, pre, labels, ctx.out("package"), precision=precision, compression=compression,
+                              deployment_target=target, metadata=meta)
+    ctx.out("source_map").write_text(json.dumps(result.source_map))
+    return {"export": result.to_dict(), "precision": precision, "compression": compression}
+
+
+def verify(ctx: StageContext) -> dict:
+    """Through the MIL interpreter on real test pictures: fp32 parity with eager; fp16 and
+    compressed variants on the whole test set (or `accuracy_images`). On macOS, the real
+    MLModel.predict is compared with the interpreter too."""
+    package = ctx.inputs["convert"].out("package")
+    exact = ctx.variant == "fp32"
+    result = verify_against_eager(
+        ctx, f"Core ML {ctx.variant} (MIL reference interpreter)", lambda x, pre: run_package(package, x, pre),
+        limit=ctx.params["parity_images"] if exact else ctx.params["accuracy_images"] or None,
+        gate=gate_table(ctx.variant), artifact=package)
+    result["engine"] = "mbv3_mobile.verify.mil_interpreter (numpy reference)"
+    if sys.platform == "darwin":
+        _, pre, _ = load_resolved(ctx.inputs["resolve"])
+        pictures = app_pictures(uint8_images(ctx.params["eval_data"], limit=200)[0], pre.resolution)
+        native = coreml_predict(package, pictures)
+        interp = interpreter_outputs(package, pictures)
+        result["macos_predict_vs_interpreter_max_abs_logit"] = float(np.abs(native["logits"] - interp["logits"]).max())
+    else:
+        result["macos_predict"] = "skipped: Core ML prediction needs macOS (coremltools predicts only there)"
+    return result
+
+
+def executorch_coreml(ctx: StageContext) -> dict:
+    """The ExecuTorch Core ML delegate .pte: built on Linux; runs only where ExecuTorch has the
+    CoreMLBackend (iOS/macOS builds), not in the pip runtime here."""
+    if not ctx.params["executorch_pte"]:
+        return {"skipped": "executorch_pte = false"}
+    model, pre, _ = load_resolved(ctx.inputs["resolve"])
+    info = build_executorch_coreml(model, ctx.out_dir / "model_coreml.pte", resolution=pre.resolution,
+                                   deployment_target=ctx.params["deployment_target"])
+    ctx.log(f"Core ML delegate .pte: {info.get('delegated_nodes')} nodes delegated")
+    info.pop("path", None)
+    return {"file": "model_coreml.pte", **info}

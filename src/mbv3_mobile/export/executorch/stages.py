@@ -1,0 +1,100 @@
+"""Android pipeline stages: quantize (none / PT2E PTQ / PT2E QAT) -> torch.export -> lower to
+XNNPACK -> to_executorch (.pte) -> verify in the ExecuTorch runtime -> BundledProgram around the
+same .pte bytes. Packaging is `package.py`."""
+
+from __future__ import annotations
+
+import torch
+
+from mbv3_mobile.data.datasets import load_fashion_mnist
+from mbv3_mobile.export.executorch import bundle as bpte
+from mbv3_mobile.export.executorch.lower import lower as lower_program
+from mbv3_mobile.export.executorch.lower import write_pte
+from mbv3_mobile.export.executorch.runtime import run_pte
+from mbv3_mobile.export.torch_export import export_program
+from mbv3_mobile.pipeline.runner import StageContext
+from mbv3_mobile.pipeline.spec import PipelineError
+from mbv3_mobile.pipeline.stages import load_resolved, verify_against_eager
+from mbv3_mobile.quantize import pt2e as q
+
+QUANT_CHOICES = ("fp32", "ptq", "qat")
+
+
+def load_program(path) -> torch.export.ExportedProgram:
+    """A saved (quantized) ExportedProgram. An int8 program holds quantized_decomposed ops, which
+    deserialize only once their library is registered: in a fresh process with every stage cached
+    (`nox -s parity` run twice) nothing else has imported it."""
+    import torchao.quantization.pt2e  # noqa: F401 - registers quantized_decomposed.*
+
+    return torch.export.load(path)
+
+
+def quantize(ctx: StageContext) -> dict:
+    """fp32: the eager model; ptq/qat: the converted PT2E int8 graph. Saved as an ExportedProgram."""
+    if ctx.variant not in QUANT_CHOICES:
+        raise PipelineError(f"--quant {ctx.variant!r} is not one of {', '.join(QUANT_CHOICES)}")
+    model, pre, labels = load_resolved(ctx.inputs["resolve"])
+    info: dict = {"quantization": ctx.variant}
+    if ctx.variant != "fp32":
+        if ctx.params["calib_data"] not in ("fashion-mnist", "fashion_mnist", "fmnist"):
+            raise PipelineError("int8 calibration/QAT data other than Fashion-MNIST is not wired yet; "
+                                "use --quant fp32 for models trained on other data")
+        calib = q.calibration_images(pre, ctx.params["calib_images"], seed=ctx.params["seed"])
+        ctx.log(f"PT2E {ctx.variant.upper()} with XNNPACKQuantizer, {len(calib)} real calibration images")
+        if ctx.variant == "ptq":
+            model = q.quantize_ptq(model, calib, progress=ctx.progress)
+        else:
+            cfg = q.QATConfig(steps=ctx.params["qat_steps"], lr=ctx.params["qat_lr"], seed=ctx.params["seed"])
+            model = q.quantize_qat(model, load_fashion_mnist("train"), pre, calib, cfg, progress=ctx.progress)
+            info["qat"] = {"steps": cfg.steps, "lr": cfg.lr, "batch_size": cfg.batch_size}
+        info.update(calibration_images=len(calib),
+                    scheme="int8 per-channel symmetric weights, per-tensor affine activations")
+    with torch.no_grad():
+        program = export_program(model, torch.zeros(1, 3, pre.resolution, pre.resolution))
+    torch.export.save(program, ctx.out("program"))
+    return info
+
+
+def lower(ctx: StageContext) -> dict:
+    program = load_program(ctx.inputs["quantize"].out("program"))
+    lowered = lower_program(program, require_full_delegation=True)
+    write_pte(lowered, ctx.out("pte"))
+    ctx.log(f"lowered in {lowered.lowering_seconds:.1f} s; {lowered.delegation.summary()}")
+    return {"delegation": lowered.delegation.to_dict(), "lowering_seconds": lowered.lowering_seconds,
+            "bytes": ctx.out("pte").stat().st_size}
+
+
+def verify(ctx: StageContext) -> dict:
+    """fp32: parity with eager on `parity_images` real test pictures; int8: figures on the whole
+    test set vs eager fp32. Judged by the runner against [gates.<variant>]."""
+    pte = ctx.inputs["lower"].out("pte")
+    fp32 = ctx.variant == "fp32"
+    return verify_against_eager(
+        ctx, f".pte {ctx.variant} (ExecuTorch runtime)", lambda x, _pre: run_pte(pte, x, progress=ctx.progress),
+        limit=ctx.params["parity_images"] if fp32 else None, gate=ctx.variant, artifact=pte)
+
+
+def bundle(ctx: StageContext) -> dict:
+    """BundledProgram around the published .pte bytes (asserted identical) plus `bundle_images`
+    real test pictures and their expected outputs, checked once here in the ExecuTorch runtime.
+
+    fp32: expected outputs are eager PyTorch's logits, so the check is a verification. int8: there is
+    no independent reference with the same rounding, so the expected outputs are this runtime's own
+    and the check is self-consistency (golden values a device must reproduce), labelled as such."""
+    model, pre, labels = load_resolved(ctx.inputs["resolve"])
+    from mbv3_mobile.data.selection import labelled_images
+
+    x, _ = labelled_images(ctx.params["eval_data"], pre, labels, split="test", limit=ctx.params["bundle_images"])
+    pte = ctx.inputs["lower"].out("pte")
+    fp32 = ctx.variant == "fp32"
+    with torch.no_grad():
+        expected = model(x) if fp32 else run_pte(pte, x)
+    bpte.write_bundled_program(ctx.out("bpte"), pte, x, expected)
+    if bpte.bundled_program_bytes(ctx.out("bpte")) != pte.read_bytes():
+        raise PipelineError(f"the .bpte does not wrap the published .pte bytes ({pte}); refusing to publish it")
+    tol = {"rtol": 1e-5, "atol": 1e-4} if fp32 else {"rtol": 1e-3, "atol": 1e-3}
+    check = bpte.verify_bundled_program(ctx.out("bpte"), **tol)
+    check["kind"] = ("verification: expected outputs are eager PyTorch fp32 logits" if fp32 else
+                     "self-consistency: expected outputs are this runtime's own int8 outputs (golden values)")
+    check["wraps_pte_sha256"] = ctx.inputs["lower"].meta["files"]["model.pte"]
+    return {"bundle": check}

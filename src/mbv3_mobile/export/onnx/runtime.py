@@ -1,0 +1,90 @@
+"""Running ONNX models in ONNX Runtime (CPU execution provider) on real pictures, and the
+per-module outputs drift localisation reads (node outputs tagged with the exporter's scopes)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from mbv3_mobile.data.preprocess import check_model_input
+
+
+def ort_session(path: str | os.PathLike, threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(path_or_session, images: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
+    """Logits for normalised images (N, 3, R, R); batches when the model's batch dim is dynamic."""
+    sess = ort_session(path_or_session) if isinstance(path_or_session, (str, os.PathLike)) else path_or_session
+    inp = sess.get_inputs()[0]
+    check_model_input(images, tuple(inp.shape), "this ONNX model")
+    fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
+    step = fixed or batch_size
+    outs = []
+    for i in range(0, len(images), step):
+        chunk = images[i : i + step].numpy().astype(np.float32)
+        if fixed and len(chunk) != fixed:
+            outs.extend(sess.run(None, {inp.name: chunk[j : j + 1]})[0] for j in range(len(chunk)))
+            continue
+        outs.append(sess.run(None, {inp.name: chunk})[0])
+    return torch.from_numpy(np.concatenate(outs)).float()
+
+
+def intermediate_outputs(path: str | os.PathLike, image: torch.Tensor) -> dict[str, np.ndarray]:
+    """Every node output for one input, by exposing all value names as graph outputs (ORT has no
+    tap API); keys are ONNX value names. Used to localise drift."""
+    import onnx
+
+    model = onnx.load(str(path))
+    known = {o.name for o in model.graph.output}
+    for node in model.graph.node:
+        for out in node.output:
+            if out and out not in known:
+                model.graph.output.append(onnx.ValueInfoProto(name=out))
+                known.add(out)
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    values = sess.run(names, {sess.get_inputs()[0].name: image.numpy().astype(np.float32)})
+    return dict(zip(names, values))
+
+
+def module_scopes(path: str | os.PathLike) -> dict[str, list[str]]:
+    """ONNX value name -> nn.Module scopes, from the dynamo exporter's `pkg.torch.onnx.name_scopes`
+    node metadata (present in the raw export; onnxsim drops metadata but keeps value names)."""
+    import ast
+
+    import onnx
+
+    scopes: dict[str, list[str]] = {}
+    for node in onnx.load(str(path)).graph.node:
+        meta = {p.key: p.value for p in node.metadata_props}
+        if "pkg.torch.onnx.name_scopes" not in meta:
+            continue
+        names = [s for s in ast.literal_eval(meta["pkg.torch.onnx.name_scopes"])[:-1] if s]  # last entry: the op
+        for out in node.output:
+            scopes[out] = names
+    return scopes
+
+
+def module_outputs(path: str | os.PathLike, image: torch.Tensor, scopes: dict[str, list[str]]) -> dict[str, np.ndarray]:
+    """{module path: output} for one image: each module's output is the last node (graph order)
+    inside its scope."""
+    import onnx
+
+    from mbv3_mobile.verify.drift import outputs_by_module
+
+    values = intermediate_outputs(path, image[:1])
+    ordered = [(scopes[name][-1], values[name]) for node in onnx.load(str(path)).graph.node
+               for name in node.output if scopes.get(name) and name in values]
+    return outputs_by_module(ordered)

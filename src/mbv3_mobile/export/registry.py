@@ -1,0 +1,99 @@
+"""The format registry, as torchvision registers models: each format folder under `export/`
+registers one `FormatSpec` in its `__init__.py`; parity, the bench, the model card, the CLI, the
+nox sessions (through the pipeline files) and the README's format table iterate it.
+
+A new format is one folder (`export/<name>/` with its `__init__.py` registration, stages and
+runtime), one pipeline file (`pipelines/NN_<pipeline>.toml`) and nothing else: discovery imports
+every sub-package of `mbv3_mobile.export` by name.
+
+Hooks are "module:function" strings, resolved only when used, so listing formats imports no
+converter or runtime.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mbv3_mobile.core.errors import UserError
+
+
+class FormatError(UserError):
+    """An unknown format name, or a format whose registration is incomplete."""
+
+
+@dataclass(frozen=True)
+class FormatSpec:
+    name: str  # registry key, also the row prefix in parity/bench (e.g. "executorch")
+    pipeline: str  # the pipeline that builds it (pipelines/*.toml `name`), e.g. "android"
+    manifest_id: str  # manifest.json "format"
+    title: str
+    variants_param: str  # the pipeline's list parameter that picks variants ("quant", "variants")
+    artifact: str  # hook (params, variant) -> published file name of that variant
+    verify_runtime: str  # what the verify stages run, in words (model card)
+    parity_entries: str  # hook (results) -> [verify.parity.FormatEntry]
+    deployment_notes: str  # hook (manifest, export) -> [str] for the model card
+    bench_runtimes: str | None = None  # hook (results) -> [report.bench BenchRuntime-like dicts]
+    harness_target: str | None = None  # mobile_harness target that runs its artifacts on a device
+    app_platform: str = ""  # Android, iOS, any
+    extensions: tuple[str, ...] = field(default_factory=tuple)
+
+    def hook(self, name: str) -> Callable:
+        dotted = getattr(self, name)
+        if not dotted:
+            raise FormatError(f"format {self.name!r} has no {name} hook")
+        module, _, attr = dotted.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+_REGISTRY: dict[str, FormatSpec] = {}
+
+
+def register_format(spec: FormatSpec) -> FormatSpec:
+    if spec.name in _REGISTRY and _REGISTRY[spec.name] != spec:
+        raise FormatError(f"format {spec.name!r} is registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _discover() -> None:
+    import mbv3_mobile.export as export_pkg
+
+    for info in pkgutil.iter_modules(export_pkg.__path__):
+        if info.ispkg:
+            importlib.import_module(f"mbv3_mobile.export.{info.name}")
+
+
+def list_formats() -> list[FormatSpec]:
+    """Every registered format, in pipeline-file order (android, ios, onnx, ...)."""
+    _discover()
+    from mbv3_mobile.pipeline.spec import pipeline_files
+
+    order = {name: i for i, name in enumerate(pipeline_files())}
+    return sorted(_REGISTRY.values(), key=lambda s: (order.get(s.pipeline, len(order)), s.name))
+
+
+def get_format(name: str) -> FormatSpec:
+    """A format by registry name or by its pipeline name (`android` -> executorch)."""
+    _discover()
+    for spec in _REGISTRY.values():
+        if name in (spec.name, spec.pipeline):
+            return spec
+    known = ", ".join(f"{s.pipeline} ({s.name})" for s in list_formats())
+    raise FormatError(f"unknown format {name!r}: known formats are {known}")
+
+
+def format_of_manifest(manifest_id: str) -> FormatSpec | None:
+    _discover()
+    return next((s for s in _REGISTRY.values() if s.manifest_id == manifest_id), None)
+
+
+def format_table() -> str:
+    """The README's format table, generated from the registry (a test keeps the README in step)."""
+    lines = ["| format | pipeline | nox session | platform | artifacts | verified with |", "|---|---|---|---|---|---|"]
+    for s in list_formats():
+        lines.append(f"| {s.title} | `{s.pipeline}` | `nox -s export_{s.pipeline}` | {s.app_platform} | "
+                     f"{', '.join(f'`{e}`' for e in s.extensions)} | {s.verify_runtime} |")
+    return "\n".join(lines)

@@ -1,0 +1,137 @@
+"""Publishing: the package stage's folder, built in a temp folder and swapped in atomically, with
+`manifest.json` (sha256 and size of every file, model, input spec, preprocessing, labels, figures,
+gates, versions) and `labels.txt`. Every shipped file is checked against the sha256 its verify
+stage measured: the folder can only hold bytes whose figures it reports."""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import json
+import platform
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mbv3_mobile.core.atomic import atomic_dir
+from mbv3_mobile.core.hashing import sha256_file
+from mbv3_mobile.pipeline.runner import StageContext, StageResult, tool_versions
+from mbv3_mobile.pipeline.spec import PipelineError
+from mbv3_mobile.verify.gates import figures_table
+
+
+def environment() -> dict:
+    return {"versions": tool_versions(), "platform": platform.platform(), "machine": platform.machine()}
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def file_entry(path: Path, root: Path) -> dict:
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        return {"path": str(path.relative_to(root)), "kind": "directory",
+                "bytes": sum(p.stat().st_size for p in files),
+                "files": {str(p.relative_to(path)): sha256_file(p) for p in files}}
+    return {"path": str(path.relative_to(root)), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def output_name(params: dict, resolved: dict) -> str:
+    return params.get("name") or f"{resolved['model_name']}_{resolved['preprocessing']['resolution']}px"
+
+
+def input_spec(resolved: dict, name: str = "image") -> dict:
+    r = resolved["preprocessing"]["resolution"]
+    return {"name": name, "shape": [1, 3, r, r], "dtype": "float32", "layout": "NCHW", "channel_order": "RGB",
+            "value": "normalised: (pixel / 255 - mean) / std per channel"}
+
+
+def gates_of(ctx: StageContext) -> dict:
+    """The pipeline's gate tables as data, for the manifest."""
+    return {table: [rule.describe() for rule in rules] for table, rules in ctx.gates.items()}
+
+
+def write_manifest(folder: Path, *, fmt: str, resolved: dict, figures: dict, extra: dict | None = None) -> dict:
+    """manifest.json over every file in `folder` (sha256 + size), with model, preprocessing and figures."""
+    (folder / "labels.txt").write_text("\n".join(resolved["labels"]) + "\n")
+    files = [file_entry(p, folder) for p in sorted(folder.iterdir()) if p.name != "manifest.json"]
+    manifest = {
+        "format": fmt,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "model": {"name": resolved["model_name"], **resolved["config"], "params": resolved["params"], "macs": resolved["macs"]},
+        "source_checkpoint": {"path": resolved["source"], "sha256": resolved["source_sha256"], "format": resolved["source_format"]},
+        "preprocessing": {**resolved["preprocessing"], "resize_rule": "bilinear to resolution x resolution, half-pixel centres, no crop"},
+        "labels": resolved["labels"],
+        "files": files,
+        "figures": figures,
+        **(extra or {}),
+        **environment(),
+    }
+    write_json(folder / "manifest.json", manifest)
+    return manifest
+
+
+@dataclass
+class Publication:
+    """What a package stage publishes: the resolved model, variants, output folder and figures."""
+
+    resolved: dict
+    variants: list[str]
+    name: str
+    final: Path
+    figures: dict
+    verdicts: dict
+    table: str
+
+
+def publication(ctx: StageContext, variants_param: str, row_label: str) -> Publication:
+    """Gather the package stage's inputs; `row_label` is formatted with the variant (`{v}`)."""
+    resolved = ctx.inputs["resolve"].meta
+    variants = list(ctx.params[variants_param])
+    name = output_name(ctx.params, resolved)
+    verify = {v: ctx.inputs[f"verify[{v}]"] for v in variants}
+    figures = {v: r.meta["figures"] for v, r in verify.items()}
+    verdicts = {v: r.meta.get("judged", []) for v, r in verify.items()}
+    table = figures_table({row_label.format(v=v): f for v, f in figures.items()})
+    return Publication(resolved, variants, name, Path(ctx.params["out"]) / name, figures, verdicts, table)
+
+
+def ship(measured_by: StageResult, source: Path, dest: Path) -> Path:
+    """Copy an artifact (file or folder) into the publish folder, refusing bytes other than the
+    ones `measured_by` measured (a verify stage's `measured`) or wrote and checked (its own
+    recorded files): a damaged or swapped cache file is never published."""
+    expected = measured_by.meta.get("measured")
+    if expected is None and source.is_file() and source.parent == measured_by.dir:
+        expected = {source.name: measured_by.meta.get("files", {}).get(source.name)}
+    if not expected:
+        raise PipelineError(f"{measured_by.label} recorded no sha256 of {source.name}; rerun with --force")
+    if source.is_dir():
+        actual = {str(p.relative_to(source)): sha256_file(p) for p in sorted(source.rglob("*")) if p.is_file()}
+    else:
+        actual = {source.name: sha256_file(source)}
+    if actual != expected:
+        raise PipelineError(f"{source} is not what {measured_by.label} measured (sha256 differs): refusing to publish "
+                            "it; rerun (the damaged cache entry is rebuilt) or pass --force")
+    if source.is_dir():
+        shutil.copytree(source, dest)
+    else:
+        shutil.copy2(source, dest)
+    return dest
+
+
+def publish(ctx: StageContext, pub: Publication, build: Callable[[Path], None],
+            after: Callable[[StageContext, Path, Path], None] | None = None) -> dict:
+    """Build the folder atomically (nothing appears unless `build` and `after` complete), print the
+    figures. `after(ctx, folder, final)` runs once the manifest exists (the model card pins it).
+    A lock beside the folder serialises two runs publishing the same folder."""
+    pub.final.parent.mkdir(parents=True, exist_ok=True)
+    with open(pub.final.parent / f".{pub.final.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with atomic_dir(pub.final) as tmp:
+            build(tmp)
+            if after is not None:
+                after(ctx, tmp, pub.final)
+    print(f"\n{pub.table}\n\n[{ctx.pipeline.name}] published {pub.final}", flush=True)
+    return {"published": str(pub.final), "figures": pub.figures}

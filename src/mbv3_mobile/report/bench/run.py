@@ -1,0 +1,177 @@
+"""`mbv3 bench`: gather the artifacts (pipelines, cached), time every runtime, write the report."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from mbv3_mobile.core.atomic import atomic_dir
+from mbv3_mobile.core.errors import UserError
+from mbv3_mobile.data.selection import labelled_images
+from mbv3_mobile.export.registry import get_format
+from mbv3_mobile.pipeline.publish import environment, write_json
+from mbv3_mobile.pipeline.runner import check_params
+from mbv3_mobile.pipeline.spec import load_pipeline
+from mbv3_mobile.report.bench.common import BASELINE, QUICK, SCHEMA, BenchError
+from mbv3_mobile.report.bench.engines import EAGER_OPENER, LITERT_OPENER, Artifacts, Runtime, convert_litert
+from mbv3_mobile.report.bench.goals import evaluate_goals
+from mbv3_mobile.report.bench.host import host_peak, thread_counts, usable_cores
+from mbv3_mobile.report.bench.measure import export_timings, latency_rounds, probe, training_throughput
+from mbv3_mobile.report.bench.render import markdown, plot_goals, plot_latency
+
+# ---------------------------------------------------------------- artifacts
+
+
+def gather_artifacts(p: dict, *, progress: bool) -> Artifacts:
+    """Run (or reuse) the pipelines of the formats the bench times; every runtime row they offer."""
+    from mbv3_mobile.verify.parity import check_same_model, format_overrides, run_format
+
+    results: dict[str, dict] = {}
+    runtimes: dict[str, Runtime] = {}
+    first = None
+    for name in p["formats"]:
+        fmt = get_format(name)
+        if not fmt.bench_runtimes:
+            raise BenchError(f"format {name!r} has no runtime this host can time (bench knows: "
+                             "android, onnx)")
+        spec = load_pipeline(fmt.pipeline)
+        res = run_format(spec, format_overrides(spec, p), progress=progress)
+        if first is None:
+            first = (spec.name, res["resolve"].meta)
+            model_file = res["resolve"].out("model")
+            runtimes[BASELINE] = Runtime(BASELINE, "eager PyTorch fp32", "fp32", model_file, opener=EAGER_OPENER)
+        check_same_model(first[0], first[1], spec.name, res["resolve"].meta)
+        results[spec.name] = res
+        for row in fmt.hook("bench_runtimes")(res):
+            runtimes[row["key"]] = Runtime(row["key"], row["label"], row["precision"], Path(row["file"]),
+                                           opener=row.get("opener"), native=bool(row.get("native")), format=fmt.name)
+    return Artifacts(model_file, runtimes, first[1], results)
+
+
+def bench_input(art: Artifacts, data: str, bundle_images: int) -> tuple[torch.Tensor, int]:
+    """The first of the real test pictures the android pipeline bundles into each .bpte, so the
+    native runner (which feeds the bundled case) and the in-process runtimes see the same pixels."""
+    from mbv3_mobile.model.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(art.model_file)
+    x, y = labelled_images(data, ck.preprocessing, ck.labels, split="test", limit=bundle_images)
+    return x[:1].contiguous(), int(y[0])
+
+
+def resolve_params(params: dict) -> tuple[dict, dict, dict]:
+    spec = load_pipeline("bench")
+    p = check_params(spec, params)
+    if p["quick"]:
+        p.update({k: v for k, v in QUICK.items() if k not in params or params[k] is None})
+    for k in ("warmup", "train_warmup", "probe_iters", "train_steps", "train_batch"):
+        least = 0 if k.endswith("warmup") else 1
+        if p[k] < least:
+            raise BenchError(f"--{k.replace('_', '-')} must be >= {least}, got {p[k]}")
+    for k in ("rounds", "iters", "train_rounds"):
+        if p[k] < 1:
+            raise BenchError(f"--{k.replace('_', '-')} must be >= 1, got {p[k]}")
+    return p, dict(spec.settings.get("goals", {})), dict(spec.settings.get("aims", {}))
+
+
+def run_bench(params: dict, *, progress: bool = True) -> tuple[dict, Path]:
+    p, goals, aims = resolve_params(params)
+    log = print if progress else (lambda *_a, **_k: None)
+    cores = usable_cores()
+    threads = thread_counts(p["threads"], cores)
+    load_before = os.getloadavg()
+    t_start = time.perf_counter()
+    art = gather_artifacts(p, progress=progress)
+    resolved = art.resolved
+    macs = resolved["macs"]
+    bundled = p.get("android_params", {}).get("bundle_images", load_pipeline("android").params["bundle_images"])
+    x, label = bench_input(art, p["data"], bundled)
+
+    runner, skipped = None, {}
+    native = [k for k, rt in art.runtimes.items() if rt.native]
+    if native and p["native"]:
+        try:
+            from mobile_harness.build import ensure_runner
+
+            runner = ensure_runner("host", log=log)
+        except UserError as exc:
+            skipped.update({k: f"native runner unavailable: {exc}" for k in native})
+    elif native:
+        skipped.update({k: "--no-native" for k in native})
+    litert_seconds = None
+    with tempfile.TemporaryDirectory(prefix="mbv3-bench-litert-") as litert_tmp:
+        if p["litert"]:
+            tfl, why, litert_seconds = convert_litert(art.model_file, p, Path(litert_tmp))
+            if tfl:
+                art.runtimes["litert_fp32"] = Runtime("litert_fp32", "LiteRT fp32 (XNNPACK)", "fp32", tfl,
+                                                      opener=LITERT_OPENER)
+            else:
+                skipped["litert_fp32"] = why
+        else:
+            skipped["litert_fp32"] = "--no-litert"
+        keys = [k for k in art.runtimes if k not in skipped]
+        log(f"[bench] {resolved['model_name']} @ {x.shape[-1]} px, {macs / 1e6:.1f} M MACs; runtimes: {', '.join(keys)}; "
+            f"threads {threads}; {p['rounds']} rounds x {p['iters']} iterations after {p['warmup']} warm-up")
+        latency = latency_rounds(keys, art, x, threads, p, runner=runner, log=log)
+        log(f"[bench] load time / peak RSS: one fresh process per runtime, {max(threads)} threads")
+        probes = {k: probe(art.runtimes[k], x, max(threads), p["probe_iters"], runner=runner) for k in keys}
+        sizes = {k: rt.bytes for k, rt in art.runtimes.items()}
+    training = training_throughput(art, p, max(threads), log=log)
+    export = export_timings(p, art, cold=p["cold_export"], log=log)
+    if litert_seconds:
+        export["litert_convert_s"] = litert_seconds
+    peak = host_peak()
+
+    for n, block in latency.items():
+        for row in block["rows"].values():
+            p50 = row["summary"]["p50_ms"]
+            gflops = 2 * macs / (p50 / 1e3) / 1e9
+            row.update(images_per_s=1e3 / p50, gflops=gflops,
+                       fraction_of_peak=gflops / (peak["peak_gflops_per_core"] * n))
+        block["goals"] = evaluate_goals(block["medians_ms"], goals, aims)
+    android = art.results.get("android", {})
+    report = {
+        "schema": SCHEMA, "model": resolved["model_name"], "resolution": int(x.shape[-1]), "macs": macs,
+        "params": resolved["params"], "input": {"image": "first bundled real test picture", "label": label, "data": p["data"]},
+        "cores": cores, "threads": threads, "plan": {k: p[k] for k in ("warmup", "rounds", "iters", "probe_iters", "quick")},
+        "peak": peak, "baseline": BASELINE,
+        "runtimes": {k: {"label": rt.label, "precision": rt.precision, "format": rt.format, "file": str(rt.file),
+                         "bytes": sizes.get(k), "skipped": skipped.get(k)} for k, rt in art.runtimes.items()}
+        | {k: {"label": k, "skipped": why} for k, why in skipped.items() if k not in art.runtimes},
+        "latency": {str(n): v for n, v in latency.items()}, "probes": probes, "training": training, "export": export,
+        "delegation": {v: android[f"lower[{v}]"].meta.get("delegation") for v in ("fp32", "ptq")
+                       if f"lower[{v}]" in android},
+        "thread_settings": {
+            "eager_fp32": "torch.set_num_threads(n)",
+            "pte": "executorch portable_lib._unsafe_reset_threadpool(n) before the program is loaded",
+            "native": "mbv3_runner --threads n",
+            "ort": "SessionOptions.intra_op_num_threads = n, inter_op_num_threads = 1",
+            "litert": "Interpreter(num_threads=n)"},
+        "goals": {"limits": goals, "aims": aims},
+        "loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg()),
+        "wall_s": time.perf_counter() - t_start, **environment(),
+    }
+    name = p["name"] or f"{resolved['model_name']}_{x.shape[-1]}px"
+    out = Path(p["out"]) / name
+    md = markdown(report)
+    with atomic_dir(out) as tmp:
+        write_json(tmp / "bench.json", report)
+        (tmp / "bench.md").write_text(md)
+        plot_latency(report, tmp / "latency.png")
+        plot_goals(report, tmp / "goals.png")
+    from mbv3_mobile.report.card import refresh_cards
+
+    # The model cards of the benchmarked artifact folders get the host latency.
+    refresh_cards([r["package"].meta["published"] for r in art.results.values() if "package" in r],
+                  bench=out / "bench.json")
+    log("\n" + md)
+    log(f"[bench] wrote {out}")
+    return report, out
+
+
+def load_report(path: str | Path) -> dict:
+    return json.loads((Path(path) / "bench.json").read_text())

@@ -1,0 +1,190 @@
+"""The card as data (model_card.json)."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shlex
+from collections.abc import Iterable
+from pathlib import Path
+
+from mbv3_mobile.report.card.common import (
+    MANIFEST,
+    NOT_MEASURED,
+    SCHEMA,
+    sha256,
+)
+from mbv3_mobile.report.card.provenance import _export_from_manifest, training_info
+from mbv3_mobile.report.card.sources import (
+    FIGURE_KEYS,
+    LABELLED_KEYS,
+    _check_files,
+    _model_args,
+    load_bench,
+    load_harness,
+    load_manifest,
+    load_parity,
+)
+
+
+def _artifacts_of_variant(manifest: dict, variant: str) -> str:
+    v = (manifest.get("variants") or {}).get(variant) or {}
+    names = list(dict.fromkeys(v[k] for k in ("file", "pte", "package", "bundled") if isinstance(v.get(k), str)))
+    return ", ".join(names) or "unknown"
+
+
+def build_card(folder: str | os.PathLike, *, parity: str | os.PathLike | None = None,
+               bench: str | os.PathLike | None = None, harness: Iterable[str | os.PathLike] = (),
+               export: dict | None = None, training: dict | None = None, previous: dict | None = None,
+               published_as: str | os.PathLike | None = None) -> dict:
+    """The card as a dict. `export`/`training` come from the publishing run; otherwise from the
+    `previous` card, otherwise from the manifest and the source checkpoint (marked inexact).
+    `published_as`: the folder's final path when `folder` is the publish step's temp folder."""
+    folder = Path(folder)
+    final = Path(published_as) if published_as else folder
+    manifest = load_manifest(folder)
+    _check_files(folder, manifest)
+    prev = previous or {}
+    model = manifest["model"]
+    pre = manifest["preprocessing"]
+    source = manifest.get("source_checkpoint", {})
+    if export is None:
+        export = prev.get("export") or _export_from_manifest(final, manifest)
+    if training is None:
+        training = prev.get("training") or training_info(
+            Path(source["path"]) if source.get("path") and _same_file(source) else None, source)
+    export_cmd = export["reproduce"]
+    eval_data = export.get("params", {}).get("eval_data", "unknown")
+
+    sizes_by_path = {e["path"]: e["bytes"] for e in manifest["files"]}
+    accuracy = []
+    for variant, f in manifest["figures"].items():
+        artifact = _artifacts_of_variant(manifest, variant)
+        accuracy.append({"variant": variant, "artifact": artifact, "bytes": sizes_by_path.get(artifact.split(", ")[0]),
+                         "runtime": _verify_runtime(manifest), "data": f"{eval_data} test split",
+                         **{k: f.get(k) for k in FIGURE_KEYS + LABELLED_KEYS + ("mean_abs_dlogit", "snr_db", "bounds", "counts")},
+                         "gate": (manifest.get("variants") or {}).get(variant, {}).get("gate"),
+                         "reproduce": export_cmd})
+
+    parity_sec = prev.get("parity")
+    if parity is not None:
+        parity_sec = load_parity(parity, manifest)
+        parity_sec["reproduce"] = _parity_command(parity_sec, export)
+
+    latency = prev.get("latency") or {"host": _empty_latency(), "devices": _empty_latency()}
+    new: dict[str, list] = {"host": [], "devices": []}
+    new_sources: dict[str, list] = {"host": [], "devices": []}
+    if bench is not None:
+        src, rows = load_bench(bench, folder, manifest, export)
+        new["host"] += rows
+        new_sources["host"].append(src)
+    for h in harness:
+        section, src, rows = load_harness(h, folder, manifest)
+        new[section] += rows
+        new_sources[section].append(src)
+    for section in ("host", "devices"):
+        if new[section]:  # a new measurement replaces the earlier ones of its kind (same folder, newer figures)
+            latency[section] = {"status": "measured", "rows": new[section], "sources": new_sources[section]}
+
+    manifest_path = folder / MANIFEST
+    sizes = [{"path": e["path"], "bytes": e["bytes"], **({"sha256": e["sha256"]} if "sha256" in e else
+                                                       {"kind": "directory", "files": len(e.get("files", {}))}),
+              "reproduce": export_cmd} for e in manifest["files"]]
+    manifest_sha = sha256(manifest_path)
+    sizes.append({"path": MANIFEST, "bytes": manifest_path.stat().st_size, "sha256": manifest_sha, "reproduce": export_cmd})
+    res = pre["resolution"]
+    # From the architecture alone (no checkpoint path, which is often a local cache): same params and MACs.
+    info_cmd = (f"nox -s info -- --arch {model.get('arch')} --width {model.get('width')} --resolution {res} "
+                f"--num-classes {model.get('num_classes')}" + (" --minimal" if model.get("minimal") else ""))
+    card = {
+        "schema": SCHEMA,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "name": final.name,
+        "format": manifest["format"],
+        "manifest": {"path": MANIFEST, "sha256": manifest_sha, "bytes": manifest_path.stat().st_size,
+                     "created": manifest.get("created")},
+        "model": {"name": model["name"], "arch": model.get("arch"), "width": model.get("width"),
+                  "minimal": model.get("minimal", False), "num_classes": model.get("num_classes"), "resolution": res,
+                  "params": model["params"], "macs": model["macs"], "reproduce": info_cmd},
+        "io": {"input": manifest.get("input"), "output": manifest.get("output") or manifest.get("outputs"),
+               "preprocessing": pre, "labels": {"count": len(manifest["labels"]), "file": "labels.txt",
+                                                "names": manifest["labels"]}},
+        "source_checkpoint": source,
+        "training": training,
+        "export": export,
+        "accuracy": accuracy,
+        "parity": parity_sec,
+        "latency": latency,
+        "sizes": sizes,
+        "versions": {k: manifest.get(k) for k in ("versions", "platform", "machine")},
+        "deployment": deployment_info(manifest, export),
+        "gates": manifest.get("gates", {}),
+        "reproduce": {
+            "export": export_cmd, "info": info_cmd,
+            "parity": parity_sec["reproduce"] if parity_sec else _parity_command(None, export),
+            # `mbv3 bench` times the .pte and ONNX runtimes; Core ML runs only on Apple hardware.
+            "bench": _measured_command(latency["host"]) or ("nox -s bench" if (_format(manifest) and _format(manifest).bench_runtimes) else None),
+            "harness": _measured_command(latency["devices"]) or _harness_hint(manifest, final),
+            "card": f"nox -s card -- {shlex.quote(str(final))} [--parity P] [--bench B] [--harness H ...]",
+        },
+    }
+    return card
+
+
+def _format(manifest: dict):
+    from mbv3_mobile.export.registry import format_of_manifest
+
+    return format_of_manifest(manifest["format"])
+
+
+def _verify_runtime(manifest: dict) -> str:
+    fmt = _format(manifest)
+    return fmt.verify_runtime if fmt else "unknown"
+
+
+def deployment_info(manifest: dict, export: dict) -> dict:
+    """What the app side must match: runtime/version, opset or OS minimum, delegation, precision
+    (each format's `deployment_notes` hook)."""
+    fmt = _format(manifest)
+    notes = fmt.hook("deployment_notes")(manifest, export) if fmt else []
+    return {"runtime": _verify_runtime(manifest), "notes": notes}
+
+
+def _measured_command(section: dict) -> str | None:
+    cmds = list(dict.fromkeys(r["reproduce"] for r in section.get("rows", []) if r.get("reproduce")))
+    return "; ".join(cmds) or None
+
+
+def _same_file(source: dict) -> bool:
+    p = Path(source["path"])
+    return p.is_file() and (not source.get("sha256") or sha256(p) == source["sha256"])
+
+
+def _empty_latency() -> dict:
+    return {"status": NOT_MEASURED, "rows": [], "sources": []}
+
+
+def _parity_command(parity_sec: dict | None, export: dict) -> str:
+    if parity_sec and parity_sec.get("command"):
+        return parity_sec["command"]
+    args = _model_args(export)
+    if parity_sec:  # the formats, from the rows' names (parity.json records no command line)
+        from mbv3_mobile.export.registry import list_formats
+
+        every = list_formats()
+        used = {r.get("format") for r in parity_sec["rows"]}
+        fmts = [f.pipeline for f in every if f.name in used]
+        if fmts and len(fmts) < len(every):
+            args += ["--formats", ",".join(fmts)]
+    args += ["--images", str(parity_sec["images"] if parity_sec else 1000)]
+    if parity_sec and parity_sec.get("data") not in (None, "unknown", "fashion-mnist"):
+        args += ["--data", parity_sec["data"]]
+    return "nox -s parity -- " + shlex.join(args)
+
+
+def _harness_hint(manifest: dict, folder: Path) -> str | None:
+    fmt = _format(manifest)
+    if not fmt or not fmt.harness_target:
+        return None  # the harness runs .pte and .mlpackage files only
+    # --target ios runs on a Mac with Xcode
+    return f"nox -s harness -- --target {fmt.harness_target} --model {shlex.quote(str(folder))}"
