@@ -18,6 +18,7 @@ nox.options.default_venv_backend = "none"
 nox.options.sessions = ["tests"]
 
 ROOT = Path(__file__).parent
+TORCH = "torch==2.13.0"  # as pinned in pyproject.toml
 STACK = ROOT / ".nox" / "stack"
 BIN = STACK / "bin"
 
@@ -29,8 +30,15 @@ def stack(session: nox.Session) -> dict[str, str]:
     if not (BIN / "python").exists():
         session.run(sys.executable, "-m", "venv", str(STACK), external=True)
     if not stamp.exists() or stamp.read_text() != wanted or os.environ.get("MBV3_NOX_REINSTALL"):
-        session.run(str(BIN / "python"), "-m", "pip", "install", "-q", "--upgrade", "pip", external=True)
-        session.run(str(BIN / "python"), "-m", "pip", "install", "-e", ".[test,lint]", external=True)
+        py = str(BIN / "python")
+        session.run(py, "-m", "pip", "install", "-q", "--upgrade", "pip", external=True)
+        # torch first, from PyTorch's CPU index: a plain `pip install torch` takes PyPI's multi-GB CUDA
+        # build. pip prefers 2.13.0+cpu over 2.13.0 when both are offered; where the CPU index cannot be
+        # reached, the configured sources decide (a local CPU wheel, or PyPI's CUDA build as a fallback).
+        index = os.environ.get("MBV3_TORCH_INDEX", "https://download.pytorch.org/whl/cpu")
+        extra = ["--extra-index-url", index, "--timeout", "20", "--retries", "1"] if index else []
+        session.run(py, "-m", "pip", "install", "-q", *extra, TORCH, external=True)
+        session.run(py, "-m", "pip", "install", "-e", ".[test,lint]", external=True)
         stamp.write_text(wanted)
     return {
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",

@@ -3,7 +3,6 @@
 - `build`: the native ExecuTorch runner (mobile_harness/runner, C++/CMake) for host, aarch64 Linux
   and Android arm64, against the executorch wheel's own libraries.
 - `targets.host`, `targets.adb`, `targets.ios`: where a benchmark runs.
-- `testing.fake_adbd`: a loopback device speaking the real ADB protocol, for tests.
 
 Entry point: `python -m mobile_harness --help`.
 """

@@ -2,10 +2,10 @@
 
 Targets:
 - host: the installed executorch wheel (its lib/*.so, include/ and share/cmake).
-- linux-aarch64: the aarch64 executorch wheel of the same version, fetched once by
-  `pip download` into the cache and unpacked there (never committed), cross-compiled with Debian's
-  g++-aarch64-linux-gnu. For ARM Linux boards; run under qemu-aarch64-static in tests for
-  correctness only.
+- linux-aarch64: the aarch64 executorch wheel of the same version, pinned by sha256, fetched by
+  scripts/setup.sh (or on first use outside the tests) and unpacked in the cache (never committed),
+  cross-compiled with Debian's g++-aarch64-linux-gnu. For ARM Linux boards; run under
+  qemu-aarch64-static in tests for correctness only.
 - android-arm64: needs ANDROID_NDK and an ExecuTorch built for Android with that NDK
   (MBV3_EXECUTORCH_ANDROID_ROOT = its install prefix). The manylinux wheels cannot serve here:
   their libraries link glibc, Android has bionic. Documented, not buildable on this machine.
@@ -127,28 +127,72 @@ def _tool_version(cmd: list[str]) -> str:
 # ---- the aarch64 wheel ----------------------------------------------------------------------
 
 
+# The aarch64 executorch wheels this project builds against, pinned by sha256 (PyPI's files).
+AARCH64_WHEELS = {
+    "1.5.1": ("executorch-1.5.1-cp311-cp311-manylinux_2_28_aarch64.whl",
+              "8ee02348a3ea80ddf770822911ebf78da616b73afce0fbaaa79f23311c88c66a"),
+}
+
+
+def wheel_dirs() -> list[Path]:
+    """Where a fetched wheel may be: this cache's, and the machine-wide one scripts/setup.sh fills."""
+    machine = Path(os.environ.get("MBV3_WHEELS") or Path.home() / ".cache" / "mbv3-mobile" / "wheels")
+    return list(dict.fromkeys([cache_root() / "wheels", machine]))
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def aarch64_wheel(version: str, *, log=print) -> Path:
+    """The pinned aarch64 executorch wheel: found where scripts/setup.sh put it, else downloaded
+    (unless MBV3_OFFLINE is set, as the tests set it) and checked against its sha256."""
+    if version not in AARCH64_WHEELS:
+        raise BuildError(f"no pinned aarch64 executorch wheel for version {version} (pinned: {', '.join(AARCH64_WHEELS)}); "
+                         "add its file name and sha256 to mobile_harness.build.AARCH64_WHEELS")
+    name, digest = AARCH64_WHEELS[version]
+    for folder in wheel_dirs():
+        path = folder / name
+        if path.is_file():
+            if _sha256(path) != digest:
+                raise BuildError(f"{path} does not match its pinned sha256 ({digest[:12]}…); delete it and rerun "
+                                 "scripts/setup.sh")
+            return path
+    if os.environ.get("MBV3_OFFLINE"):
+        raise BuildError(f"the aarch64 executorch {version} wheel is not on this machine ({', '.join(map(str, wheel_dirs()))}) "
+                         "and MBV3_OFFLINE forbids downloading it: run scripts/setup.sh, which fetches it hash-pinned")
+    wheels = wheel_dirs()[-1]
+    wheels.mkdir(parents=True, exist_ok=True)
+    log(f"[harness] downloading the aarch64 executorch {version} wheel into {wheels}")
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--platform", "manylinux_2_28_aarch64", "--python-version", "3.11",
+           f"executorch=={version}", "-d", str(wheels), "-q"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    path = wheels / name
+    if proc.returncode != 0 or not path.is_file():
+        raise BuildError(f"could not download the aarch64 executorch {version} wheel "
+                         f"(`{' '.join(cmd)}` said: {proc.stderr.strip()[-500:]}); it needs PyPI access")
+    if _sha256(path) != digest:
+        path.unlink()
+        raise BuildError(f"the downloaded {name} does not match its pinned sha256 ({digest[:12]}…); not used")
+    return path
+
+
 def aarch64_executorch_root(version: str | None = None, *, log=print) -> Path:
-    """Unpacked lib/include/share of the manylinux aarch64 executorch wheel (downloaded once)."""
+    """Unpacked lib/include/share of the manylinux aarch64 executorch wheel."""
     version = version or executorch_version().split("+")[0]
     dest = cache_root() / "sysroots" / f"executorch-{version}-manylinux_2_28_aarch64"
     root = dest / "executorch"
     if (root / "share" / "cmake" / "executorch-config.cmake").is_file():
         return root
-    wheels = cache_root() / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    pattern = f"executorch-{version}-*manylinux*aarch64.whl"
-    found = sorted(wheels.glob(pattern))
-    if not found:
-        log(f"[harness] downloading the aarch64 executorch {version} wheel into {wheels}")
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--platform", "manylinux_2_28_aarch64", "--python-version", "3.11",
-               f"executorch=={version}", "-d", str(wheels), "-q"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        found = sorted(wheels.glob(pattern))
-        if proc.returncode != 0 or not found:
-            raise BuildError(f"could not download the aarch64 executorch {version} wheel "
-                             f"(`{' '.join(cmd)}` said: {proc.stderr.strip()[-500:]}); it needs PyPI access")
-    with atomic_dir(dest) as tmp, zipfile.ZipFile(found[-1]) as zf:
+    wheel = aarch64_wheel(version, log=log)
+    with atomic_dir(dest) as tmp, zipfile.ZipFile(wheel) as zf:
         # Only what a C++ consumer needs: libraries, headers, CMake config (not the Python code).
         for name in zf.namelist():
             if re.match(r"executorch/(lib/|include/|share/cmake/)", name):

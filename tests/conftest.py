@@ -9,6 +9,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
 # Trained test models are cached inside the checkout (git-ignored) unless MBV3_CACHE says otherwise.
 os.environ.setdefault("MBV3_CACHE", str(ROOT / ".cache"))
+# Tests never reach the network: what they need is fetched by scripts/setup.sh (hash-pinned).
+os.environ["MBV3_OFFLINE"] = "1"
 torch.set_num_threads(max(1, os.cpu_count() or 1))
 
 

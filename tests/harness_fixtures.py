@@ -15,11 +15,11 @@ import os
 from pathlib import Path
 
 import pytest
+from fake_adbd import DeviceProfile, FakeAdbDevice, Faults
 from harness_support import INPUT_SHAPE, free_port
 
 from mobile_harness.adb import Adb
 from mobile_harness.build import cache_root, ensure_runner, executorch_version
-from mobile_harness.testing.fake_adbd import DeviceProfile, FakeAdbDevice, Faults
 
 
 @pytest.fixture(scope="session")

@@ -9,13 +9,13 @@ import subprocess
 import sys
 
 import pytest
+from fake_adbd import DeviceProfile
 from harness_support import ROOT, device_leftovers
 
 from mobile_harness.adb import quote_command
 from mobile_harness.bench import BenchPlan
 from mobile_harness.device_state import collect_adb_state
 from mobile_harness.targets.adb import run_adb
-from mobile_harness.testing.fake_adbd import DeviceProfile
 
 pytest_plugins = ["harness_fixtures"]  # the harness fixtures (tests/harness_fixtures.py)
 

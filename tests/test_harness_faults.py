@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from fake_adbd import Faults
 from harness_support import ROOT, device_leftovers
 
 from mobile_harness.bench import BenchPlan
 from mobile_harness.errors import DeviceError, RunnerError, RunnerTimeout, VerificationError
 from mobile_harness.targets.adb import run_adb
-from mobile_harness.testing.fake_adbd import Faults
 
 pytest_plugins = ["harness_fixtures"]  # the harness fixtures (tests/harness_fixtures.py)
 

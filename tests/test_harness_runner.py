@@ -99,7 +99,14 @@ def test_runner_errors_are_json_with_exit_codes(harness_runner, harness_models, 
 @pytest.mark.skipif(not shutil.which("qemu-aarch64-static") or not shutil.which("aarch64-linux-gnu-g++"),
                     reason="needs qemu-user-static and g++-aarch64-linux-gnu (scripts/setup.sh installs them)")
 def test_aarch64_runner_under_qemu_verifies_bundle(harness_runner, harness_models, tmp_path):
-    arm = ensure_runner("linux-aarch64", log=print)
+    from mobile_harness.errors import BuildError
+
+    try:
+        arm = ensure_runner("linux-aarch64", log=print)
+    except BuildError as exc:  # the tests never download: scripts/setup.sh fetches the pinned wheel
+        if "MBV3_OFFLINE" in str(exc):
+            pytest.skip(str(exc))
+        raise
     assert elf_arch(arm.binary) == "aarch64" and all(elf_arch(lib) == "aarch64" for lib in arm.libs)
     qemu = ["qemu-aarch64-static", "-L", "/usr/aarch64-linux-gnu"]
     dump = tmp_path / "arm.bin"

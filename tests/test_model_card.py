@@ -36,7 +36,8 @@ def _parity_report(manifest: dict, path, model=None) -> dict:
     rows = {f"onnx {v} (onnxruntime)": {**f, "format": "onnx", "precision": v, "gate": "pass", "note": ""}
             for v, f in manifest["figures"].items()}
     rows["pte fp32 (ExecuTorch)"] = {"format": "executorch", "precision": "fp32", "skipped": "not exported in this test"}
-    data = {"model": model or manifest["model"]["name"], "images": 500, "data": "fashion-mnist",
+    data = {"model": model or manifest["model"]["name"], "images": 500, "data": "fashion-mnist test",
+            "params": {"pictures": 500},
             "reference_top1": manifest["figures"]["fp32"]["reference_top1"], "gates": {}, "rows": rows, "failures": []}
     path.write_text(json.dumps(data))
     return data
@@ -118,7 +119,7 @@ def test_parity_and_harness_results_show_up_and_survive_a_later_refresh(folder, 
     rows = {r["row"]: r for r in card["parity"]["rows"]}
     assert rows["onnx int8 (onnxruntime)"]["top1"] == parity["rows"]["onnx int8 (onnxruntime)"]["top1"]
     assert rows["pte fp32 (ExecuTorch)"]["skipped"] == "not exported in this test"
-    assert card["parity"]["reproduce"].startswith("nox -s parity -- ") and "--formats android,onnx --images 500" in card["parity"]["reproduce"]
+    assert card["parity"]["reproduce"].startswith("nox -s parity -- ") and "--formats android,onnx --pictures 500" in card["parity"]["reproduce"]
     dev = card["latency"]["devices"]
     assert dev["status"] == "measured" and [r["threads"] for r in dev["rows"]] == [1, 4]
     assert [r["p50_ms"] for r in dev["rows"]] == [m["summary"]["p50_ms"] for m in res["measurements"]]
@@ -159,7 +160,7 @@ def test_a_real_parity_report_refreshes_the_card_of_the_folder_it_used(trained_c
 
     # The export test's ONNX parameters, so the pipeline is cached; `run_parity` publishes the folder it compares.
     # 200 pictures cannot resolve the 0.5-pt int8 gate: "warn" lets the report through as inconclusive
-    _, report = run_parity({"checkpoint": str(trained_ci_checkpoint), "formats": ["onnx"], "images": 200, "out": str(tmp_path),
+    _, report = run_parity({"checkpoint": str(trained_ci_checkpoint), "formats": ["onnx"], "pictures": 200, "out": str(tmp_path),
                             "inconclusive": "warn", "onnx_params": {"parity_images": 500, "calib_images": 100}},
                            progress=False)
     folder = tmp_path / "artifacts" / "onnx" / NAME
@@ -170,7 +171,7 @@ def test_a_real_parity_report_refreshes_the_card_of_the_folder_it_used(trained_c
     for row in card["parity"]["rows"]:
         src = parity["rows"][row["row"]]
         assert (row["top1"], row["max_abs_dlogit"], row["gate"]) == (src["top1"], src["max_abs_dlogit"], src["gate"])
-    assert card["parity"]["reproduce"] == f"nox -s parity -- --checkpoint {trained_ci_checkpoint} --formats onnx --images 200"
+    assert card["parity"]["reproduce"] == f"nox -s parity -- --checkpoint {trained_ci_checkpoint} --formats onnx --pictures 200"
     assert "| onnx int8 (onnxruntime) | int8 |" in (folder / CARD_MD).read_text()
 
 

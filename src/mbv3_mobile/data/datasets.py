@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from mbv3_mobile.core.errors import UserError
+from mbv3_mobile.data.decode import decode
 from mbv3_mobile.data.preprocess import Preprocessing
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist; env MBV3_FASHION_MNIST_DIR overrides
@@ -176,37 +177,30 @@ def scan_image_folder(root: str | os.PathLike, *, strict: bool = False) -> Folde
     return FolderScan(files=files, classes=tuple(d.name for d in class_dirs), skipped=skipped)
 
 
-def _decode(path: Path, resolution: int) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        # Pillow's convert("RGB") clips 16-bit / 32-bit / float pixels to 255: a mostly white image
-        # that still "loads". Refuse those modes instead of feeding the model garbage.
-        if im.mode in ("I", "F") or im.mode.startswith("I;"):
-            raise ValueError(f"image mode {im.mode} ({'float' if im.mode == 'F' else 'more than 8 bits per pixel'}) "
-                             "would be clipped to 8 bits; convert it to 8-bit RGB or gray first")
-        # convert() forces a full decode, so truncated files fail here rather than mid-training.
-        rgb = im.convert("RGB").resize((resolution, resolution), Image.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+def _decode(path: Path, pre: Preprocessing | int) -> np.ndarray:
+    # convert()/resize force a full decode, so truncated files fail here rather than mid-training.
+    return decode(path, pre)
 
 
 class ImageFolderDataset(ArrayDataset):
-    """An ImageFolder tree decoded once with Pillow to RGB at `resolution` x `resolution` (bilinear,
-    no crop: `Preprocessing`'s rule) and held in memory as uint8.
+    """An ImageFolder tree decoded once with Pillow to RGB at the model's geometry (`preprocessing`,
+    or a plain `resolution` x `resolution` bilinear resize, no crop) and held in memory as uint8.
 
     Unreadable or non-image files are skipped with one warning giving the count (listed in
     `.skipped`), or raise in `strict` mode. A class left with no image, or a tree with none, is an
     error: a silently missing class would shift every label after it.
     """
 
-    def __init__(self, root: str | os.PathLike, resolution: int, *, strict: bool = False) -> None:
+    def __init__(self, root: str | os.PathLike, resolution: int | Preprocessing, *, strict: bool = False) -> None:
+        pre = resolution  # a Preprocessing (the model's geometry) or a plain side length
+        resolution = pre.resolution if isinstance(pre, Preprocessing) else int(pre)
         scan = scan_image_folder(root, strict=strict)
         root = Path(root)
         skipped = list(scan.skipped)
         images, labels, files = [], [], []
         for path, label in scan.files:
             try:
-                images.append(_decode(path, resolution))
+                images.append(_decode(path, pre))
             except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad files
                 reason = f"{type(exc).__name__}: {str(exc)[:120]}"
                 if strict:

@@ -1,42 +1,37 @@
-"""Which real pictures a verify stage, the parity matrix or the bench use, and their labels:
-Fashion-MNIST (a split, a class-balanced seeded subset) or an ImageFolder tree of the model's
-classes."""
+"""Which real pictures a check uses, as `Pictures` (uint8 at the model's geometry):
+
+- "fashion-mnist" (a split; labelled; a class-balanced seeded subset when limited),
+- an ImageFolder tree of the model's classes (labelled: class = folder name),
+- a folder of pictures without labels (`--images DIR`),
+- "samples": the photos bundled in the scikit-image wheel (`data.pictures.sample_photos`).
+
+`choose(...)` applies the pipelines' defaults: given data first, then the user's pictures, then
+Fashion-MNIST for a model trained on it, then the sample photos.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+import torch.nn.functional as F
 
 from mbv3_mobile.data.datasets import (
+    FASHION_MNIST_LABELS,
     FASHION_MNIST_NAMES,
-    BatchTransform,
+    ArrayDataset,
     DataError,
     ImageFolderDataset,
     balanced_subset,
     load_fashion_mnist,
 )
+from mbv3_mobile.data.pictures import Pictures, load_pictures, sample_photos
 from mbv3_mobile.data.preprocess import Preprocessing
 
-
-def labelled_images(spec: str, preprocessing: Preprocessing, labels: list[str], *, split: str = "test",
-                    limit: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised images (N, 3, R, R) and labels from Fashion-MNIST or an ImageFolder tree.
-
-    `limit` takes a class-balanced subset. The label names must match the model's, or the accuracy
-    figures would compare different classes.
-    """
-    ds = load_fashion_mnist(split) if spec in FASHION_MNIST_NAMES else ImageFolderDataset(spec, preprocessing.resolution).to_arrays()
-    if list(ds.classes) != list(labels):
-        raise DataError(
-            f"the data's classes {list(ds.classes)[:5]}... do not match the model's labels {list(labels)[:5]}...; "
-            "pass --eval-data / --calib-data with an ImageFolder of the model's classes"
-        )
-    ds = limited(ds, limit, seed)
-    transform = BatchTransform(preprocessing)
-    x = torch.cat([transform(ds.images[i : i + 1024]) for i in range(0, len(ds), 1024)])
-    return x, ds.labels.clone()
+SAMPLES = "samples"
 
 
-def limited(ds, limit: int | None, seed: int):
+def limited(ds: ArrayDataset, limit: int | None, seed: int) -> ArrayDataset:
     """Exactly `limit` images, spread evenly over the classes (seeded), in dataset order."""
     if limit is None or limit >= len(ds):
         return ds
@@ -46,9 +41,75 @@ def limited(ds, limit: int | None, seed: int):
     return pool.subset(keep.sort().values)
 
 
-def uint8_images(spec: str, *, split: str = "test", limit: int | None = None, seed: int = 0):
-    """The same selection as `labelled_images`, as stored uint8 images (for formats that take pictures)."""
-    if spec not in FASHION_MNIST_NAMES:
-        raise DataError("uint8 image export is implemented for Fashion-MNIST only")
-    ds = limited(load_fashion_mnist(split), limit, seed)
-    return ds.images, ds.labels
+def _at_resolution(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Stored uint8 (N, 1|3, H, W) -> uint8 RGB at R x R (bilinear, antialiased when shrinking):
+    the geometry `BatchTransform` applies in training, rounded to the 8 bits an app would feed."""
+    x = images.float()
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    if x.shape[-2:] != (resolution, resolution):
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False,
+                          antialias=x.shape[-1] > resolution)
+    return x.round().clamp(0, 255).to(torch.uint8).contiguous()
+
+
+def is_fashion_mnist(spec: str) -> bool:
+    return spec in FASHION_MNIST_NAMES
+
+
+def trained_on_fashion_mnist(labels: list[str]) -> bool:
+    return list(labels) == list(FASHION_MNIST_LABELS)
+
+
+def labelled_pictures(spec: str, pre: Preprocessing, labels: list[str], *, split: str = "test",
+                      limit: int | None = None, seed: int = 0) -> Pictures:
+    """Fashion-MNIST (a split) or an ImageFolder tree whose classes are the model's labels."""
+    if is_fashion_mnist(spec):
+        ds, source = load_fashion_mnist(split), f"fashion-mnist {split}"
+    else:
+        ds, source = ImageFolderDataset(spec, pre).to_arrays(), str(spec)
+    if list(ds.classes) != list(labels):
+        raise DataError(
+            f"the classes of {source} {list(ds.classes)[:5]}... are not the model's labels {list(labels)[:5]}...; "
+            "give labelled pictures of the model's classes (an ImageFolder: DIR/<label>/*.jpg), or unlabelled "
+            "pictures with --images DIR")
+    ds = limited(ds, limit, seed)
+    return Pictures(_at_resolution(ds.images, pre.resolution), [f"{source}#{i}" for i in range(len(ds))], source,
+                    ds.labels.clone(), tuple(ds.classes))
+
+
+def unlabelled_pictures(spec: str, pre: Preprocessing, *, limit: int | None = None, seed: int = 0,
+                        what: str = "--images") -> Pictures:
+    """A folder tree of pictures (labels ignored), or the sample photos."""
+    pics = sample_photos(pre) if spec == SAMPLES else load_pictures(spec, pre, what=what)
+    return pics.subset(limit, seed)
+
+
+def choose(*, given: str, images: str, labels: list[str], purpose: str) -> tuple[str, bool]:
+    """(source, labelled) by the pipelines' defaults. `purpose`: "eval" (gates), "calib"
+    (calibration: labels unused) or "train" (QAT: labels needed)."""
+    if given:
+        if is_fashion_mnist(given):
+            return given, True
+        if purpose == "calib":
+            return given, False  # any folder tree of pictures calibrates; labels are not used
+        if not Path(given).is_dir():
+            raise DataError(f"{given!r} is neither 'fashion-mnist' nor a folder of pictures")
+        return given, True  # --eval-data / --train-data: labelled by folder names (checked when read)
+    if purpose == "train":
+        if trained_on_fashion_mnist(labels):
+            return "fashion-mnist", True
+        raise DataError("QAT needs labelled training pictures of the model's classes: pass --train-data DIR "
+                        "(an ImageFolder: DIR/<label>/*.jpg), or use --quant ptq, which needs no labels")
+    if images:
+        return images, False
+    if trained_on_fashion_mnist(labels):
+        return "fashion-mnist", True
+    return SAMPLES, False
+
+
+def pictures(source: str, labelled: bool, pre: Preprocessing, labels: list[str], *, split: str,
+             limit: int | None = None, seed: int = 0, what: str = "--images") -> Pictures:
+    if labelled:
+        return labelled_pictures(source, pre, labels, split=split, limit=limit, seed=seed)
+    return unlabelled_pictures(source, pre, limit=limit, seed=seed, what=what)

@@ -103,8 +103,8 @@ def detect_source(state_dict: dict[str, torch.Tensor]) -> str:
     if "conv_stem.weight" in state_dict:
         return "timm"
     raise CheckpointError(
-        "state_dict is neither torchvision-style (features.0.0.weight) nor timm-style "
-        f"(conv_stem.weight); first keys: {list(state_dict)[:_SHOW]}"
+        "this is not a MobileNetV3 checkpoint: its state_dict has neither torchvision's layout "
+        f"(features.0.0.weight) nor timm's (conv_stem.weight); first keys: {list(state_dict)[:_SHOW]}"
     )
 
 

@@ -62,8 +62,9 @@ def write_manifest(folder: Path, *, fmt: str, resolved: dict, figures: dict, ext
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "model": {"name": resolved["model_name"], **resolved["config"], "params": resolved["params"], "macs": resolved["macs"]},
         "source_checkpoint": {"path": resolved["source"], "sha256": resolved["source_sha256"], "format": resolved["source_format"]},
-        "preprocessing": {**resolved["preprocessing"], "resize_rule": "bilinear to resolution x resolution, half-pixel centres, no crop"},
+        "preprocessing": {**resolved["preprocessing"], "rule": resolved.get("preprocessing_rule")},
         "labels": resolved["labels"],
+        "labels_from": resolved.get("labels_from"),
         "files": files,
         "figures": figures,
         **(extra or {}),
@@ -83,7 +84,18 @@ class Publication:
     final: Path
     figures: dict
     verdicts: dict
+    pictures: dict  # variant -> which pictures its figures come from (source, count, labelled)
     table: str
+
+    @property
+    def pictures_text(self) -> str:
+        """One line per distinct picture set: which pictures, and which kind of gate judged them."""
+        lines = []
+        for desc, variants in _group(self.pictures).items():
+            src, count, labelled = desc
+            kind = "labelled: accuracy-drop gates" if labelled else "no labels: label-free gates (agreement, SNR)"
+            lines.append(f"- {', '.join(variants)}: {count} pictures from {src} ({kind})")
+        return "Pictures:\n" + "\n".join(lines)
 
 
 def publication(ctx: StageContext, variants_param: str, row_label: str) -> Publication:
@@ -94,8 +106,16 @@ def publication(ctx: StageContext, variants_param: str, row_label: str) -> Publi
     verify = {v: ctx.inputs[f"verify[{v}]"] for v in variants}
     figures = {v: r.meta["figures"] for v, r in verify.items()}
     verdicts = {v: r.meta.get("judged", []) for v, r in verify.items()}
+    pictures = {v: {**r.meta.get("pictures", {}), "gate_table": r.meta.get("gate")} for v, r in verify.items()}
     table = figures_table({row_label.format(v=v): f for v, f in figures.items()})
-    return Publication(resolved, variants, name, Path(ctx.params["out"]) / name, figures, verdicts, table)
+    return Publication(resolved, variants, name, Path(ctx.params["out"]) / name, figures, verdicts, pictures, table)
+
+
+def _group(pictures: dict) -> dict:
+    out: dict = {}
+    for v, d in pictures.items():
+        out.setdefault((d.get("source"), d.get("count"), d.get("labelled")), []).append(v)
+    return out
 
 
 def ship(measured_by: StageResult, source: Path, dest: Path) -> Path:
@@ -125,9 +145,15 @@ def publish(ctx: StageContext, pub: Publication, build: Callable[[Path], None],
             after: Callable[[StageContext, Path, Path], None] | None = None) -> dict:
     """Build the folder atomically (nothing appears unless `build` and `after` complete), print the
     figures. `after(ctx, folder, final)` runs once the manifest exists (the model card pins it).
-    A lock beside the folder serialises two runs publishing the same folder."""
-    pub.final.parent.mkdir(parents=True, exist_ok=True)
-    with open(pub.final.parent / f".{pub.final.name}.lock", "w") as lock:
+    A lock (in the cache) serialises two runs publishing the same folder."""
+    import hashlib
+
+    from mbv3_mobile.pipeline.runner import cache_dir
+
+    # The lock lives in the cache, not beside the published folder (nothing extra in the user's --out).
+    locks = cache_dir() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"publish-{hashlib.sha256(str(pub.final.resolve()).encode()).hexdigest()[:16]}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         with atomic_dir(pub.final) as tmp:
             build(tmp)

@@ -149,10 +149,19 @@ def check_params(spec: PipelineSpec, overrides: dict[str, Any] | None) -> dict[s
     return params
 
 
+def preflight(spec: PipelineSpec, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The effective parameters, after the pipeline's `checks` (seconds, nothing written): every
+    option and input is validated before the first stage runs."""
+    params = check_params(spec, overrides)
+    for dotted in spec.settings.get("checks", []):
+        resolve_callable(dotted)(spec, params)
+    return params
+
+
 def run_pipeline(spec: PipelineSpec, overrides: dict[str, Any] | None = None, *, progress: bool = True,
                  force: bool = False) -> dict[str, StageResult]:
     """Run (or reuse) every stage; returns results keyed 'stage' or 'stage[variant]'."""
-    params = check_params(spec, overrides)
+    params = preflight(spec, overrides)
     versions = tool_versions()
     results: dict[str, StageResult] = {}
     t_start = time.perf_counter()

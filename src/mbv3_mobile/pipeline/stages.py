@@ -11,8 +11,10 @@ from pathlib import Path
 import torch
 
 from mbv3_mobile.core.hashing import sha256_file
-from mbv3_mobile.data.preprocess import Preprocessing
-from mbv3_mobile.data.selection import labelled_images
+from mbv3_mobile.data.labels import default_labels, read_labels
+from mbv3_mobile.data.pictures import Pictures
+from mbv3_mobile.data.preprocess import Preprocessing, preset, preset_for_source
+from mbv3_mobile.data.selection import choose, pictures
 from mbv3_mobile.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mbv3_mobile.model.flops import profile_model
 from mbv3_mobile.pipeline.runner import StageContext, StageResult
@@ -35,8 +37,50 @@ def resolve_checkpoint_fingerprint(ctx: StageContext) -> str:
     return recipe_fingerprint(ctx.params.get("recipe", "default"))
 
 
+def resolve_preprocessing(ck, params: dict) -> Preprocessing:
+    """The checkpoint's preprocessing (ours), else the preset of its origin; then the options."""
+    p = params
+    if ck.preprocessing is not None and not p.get("preset"):
+        pre = ck.preprocessing
+    else:
+        name = p.get("preset") or preset_for_source(ck.source, minimal=ck.config.minimal)
+        base = ck.preprocessing.resolution if ck.preprocessing else 224
+        pre = preset(name, base)
+        if ck.preprocessing is not None:  # ours, with a preset asked for: keep its statistics
+            pre = replace(pre, mean=ck.preprocessing.mean, std=ck.preprocessing.std)
+    if p.get("resolution"):
+        pre = pre.with_resolution(int(p["resolution"]))
+    if p.get("resize"):
+        value = str(p["resize"]).strip().lower()
+        if value == "none":
+            pre = replace(pre, resize_shorter=None)
+        elif value.isdigit():
+            pre = replace(pre, resize_shorter=int(value))
+        else:
+            raise PipelineError(f"--resize {p['resize']!r}: give the shorter side in pixels (e.g. 256) or 'none' "
+                                "(whole picture to the input size, no crop)")
+    if p.get("interpolation"):
+        pre = replace(pre, interpolation=p["interpolation"])
+    for key in ("mean", "std"):
+        if p.get(key):
+            pre = replace(pre, **{key: _three_floats(p[key], key)})
+    return pre
+
+
+def _three_floats(values, key: str) -> tuple[float, float, float]:
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) != 3:
+        raise PipelineError(f"--{key} takes three numbers, one per RGB channel (e.g. --{key} 0.485,0.456,0.406); "
+                            f"got {values!r}")
+    return out
+
+
 def resolve_checkpoint(ctx: StageContext) -> dict:
-    """The user's checkpoint, or the embedded default, normalised to our format."""
+    """The user's checkpoint, or the embedded default, normalised to our format, with the
+    preprocessing and labels it will be exported with."""
     p = ctx.params
     if p.get("checkpoint"):
         source = Path(p["checkpoint"])
@@ -48,17 +92,21 @@ def resolve_checkpoint(ctx: StageContext) -> dict:
         ck = load_checkpoint(source, arch=p.get("arch") or None, width=p.get("width") or None)
     except CheckpointError as exc:
         raise PipelineError(f"checkpoint does not match the request: {exc}") from None
-    pre = ck.preprocessing or Preprocessing(resolution=p.get("resolution") or 224)
-    if p.get("resolution") and p["resolution"] != pre.resolution:
-        ctx.log(f"warning: exporting at {p['resolution']} px, the model was trained at {pre.resolution} px")
-        pre = replace(pre, resolution=int(p["resolution"]))
-    labels = ck.labels or [f"class_{i}" for i in range(ck.config.num_classes)]
+    pre = resolve_preprocessing(ck, p)
+    if ck.preprocessing is not None and pre.resolution != ck.preprocessing.resolution:
+        ctx.log(f"warning: exporting at {pre.resolution} px, the model was trained at {ck.preprocessing.resolution} px")
+    if p.get("labels"):
+        labels, labels_from = read_labels(p["labels"], ck.config.num_classes), str(p["labels"])
+    else:
+        labels, labels_from = default_labels(ck.config.num_classes, ck.labels)
     save_checkpoint(ctx.out("model"), ck.model, preprocessing=pre, labels=labels, extra=ck.extra)
     prof = profile_model(ck.model, pre.resolution)
-    ctx.log(f"{ck.config.name} ({ck.source}) at {pre.resolution} px, {prof.params:,} params, {prof.macs / 1e6:.1f} M MACs")
+    ctx.log(f"{ck.config.name} ({ck.source}) at {pre.resolution} px, {prof.params:,} params, {prof.macs / 1e6:.1f} M MACs; "
+            f"preprocessing {pre.preset}; labels: {labels_from}")
     return {
         "source": str(source), "source_format": ck.source, "source_sha256": sha256_file(source),
-        "config": ck.config.to_dict(), "model_name": ck.config.name, "preprocessing": pre.to_dict(), "labels": labels,
+        "config": ck.config.to_dict(), "model_name": ck.config.name, "preprocessing": pre.to_dict(),
+        "preprocessing_rule": pre.describe(), "labels": labels, "labels_from": labels_from,
         "params": prof.params, "macs": prof.macs, "train_summary": {k: ck.extra.get(k) for k in ("val_top1", "epochs")},
     }
 
@@ -73,20 +121,41 @@ def eager_logits(model: torch.nn.Module, images: torch.Tensor, batch: int = 500)
     return torch.cat([model.eval()(images[i : i + batch]) for i in range(0, len(images), batch)])
 
 
+def stage_pictures(ctx: StageContext, purpose: str, *, limit: int | None = None, seed: int = 0) -> Pictures:
+    """The pictures a stage uses, by the pipelines' defaults (`data.selection.choose`):
+    purpose "eval" (gates), "calib" (calibration) or "train" (QAT, labelled)."""
+    _, pre, labels = load_resolved(ctx.inputs["resolve"])
+    p = ctx.params
+    given = {"eval": p.get("eval_data", ""), "calib": p.get("calib_data", ""), "train": p.get("train_data", "")}[purpose]
+    source, labelled = choose(given=given, images=p.get("images", ""), labels=labels, purpose=purpose)
+    split = "test" if purpose == "eval" else "train"
+    what = {"eval": "--eval-data" if given else "--images", "calib": "--calib-data" if given else "--images",
+            "train": "--train-data"}[purpose]
+    return pictures(source, labelled, pre, labels, split=split, limit=limit, seed=seed, what=what)
+
+
+def gate_table(ctx: StageContext, base: str, labelled: bool) -> str:
+    """`base` (e.g. "ptq") for labelled pictures; its label-free table `base_unlabelled` otherwise
+    (where the pipeline declares one: fp32 gates need no labels and have none)."""
+    unlabelled = f"{base}_unlabelled"
+    return unlabelled if not labelled and unlabelled in ctx.gates else base
+
+
 def verify_against_eager(ctx: StageContext, what: str, run: Callable, *, limit: int | None, gate: str,
                          artifact: Path) -> dict:
-    """Real test pictures -> eager fp32 reference and the format's logits (`run(images, pre)`) ->
-    figures. Returns the verify stage's meta: the runner judges `figures` against `[gates.<gate>]`
-    on every run, and publishing checks `measured` (sha256 of the bytes measured) against the file
-    it ships."""
-    model, pre, labels = load_resolved(ctx.inputs["resolve"])
-    x, y = labelled_images(ctx.params["eval_data"], pre, labels, split="test", limit=limit)
+    """Real pictures -> eager fp32 reference and the format's logits (`run(images, pre)`) ->
+    figures. Returns the verify stage's meta: the runner judges `figures` against the gate table
+    (`gate`, or its label-free form for pictures without labels) on every run, and publishing
+    checks `measured` (sha256 of the bytes measured) against the file it ships."""
+    model, pre, _ = load_resolved(ctx.inputs["resolve"])
+    pics = stage_pictures(ctx, "eval", limit=limit)
+    x = pics.normalized(pre)
     reference = eager_logits(model, x)
-    ctx.log(f"{what}: {len(x)} real test pictures")
-    figures = compare_logits(reference, run(x, pre), y)
-    return {"figures": figures, "gate": gate, "what": what, "pictures": {"data": ctx.params["eval_data"], "split": "test",
-                                                                          "count": len(x), "labelled": True},
-            "measured": _measured(artifact)}
+    kind = "labelled" if pics.labelled else "unlabelled: label-free gates"
+    ctx.log(f"{what}: {len(pics)} real pictures from {pics.source} ({kind})")
+    figures = compare_logits(reference, run(x, pre), pics.labels)
+    return {"figures": figures, "gate": gate_table(ctx, gate, pics.labelled), "what": what,
+            "pictures": pics.describe(), "measured": _measured(artifact)}
 
 
 def _measured(path: Path) -> dict:

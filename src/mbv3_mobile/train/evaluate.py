@@ -88,7 +88,7 @@ def evaluate(checkpoint: str | Path, dataset: str = "fashion-mnist", *, split: s
         data: ArrayDataset = load_fashion_mnist(split)
         name = f"fashion-mnist/{split}"
     else:
-        data = ImageFolderDataset(dataset, pre.resolution, strict=strict_images)  # warns on skipped files
+        data = ImageFolderDataset(dataset, pre, strict=strict_images)  # warns on skipped files
         if data.skipped:
             notes.append(f"skipped {len(data.skipped)} unreadable or non-image file(s), e.g. {data.skipped[0][0]}")
         name = str(dataset)

@@ -93,16 +93,18 @@ def _db(signal: float, noise: float) -> float:
 # ---------------------------------------------------------------- bounds
 
 
-def bootstrap_snr_lower(reference: torch.Tensor, candidate: torch.Tensor, *, reps: int = 1000, seed: int = 0) -> float:
-    """Lower one-sided bound of `snr_db` from a seeded bootstrap over pictures (deterministic)."""
+def bootstrap_snr_bounds(reference: torch.Tensor, candidate: torch.Tensor, *, reps: int = 1000,
+                         seed: int = 0) -> tuple[float, float]:
+    """One-sided bounds (lower, upper) of `snr_db` from a seeded bootstrap over pictures (deterministic)."""
     signal, noise = _snr_terms(reference, candidate)
     n = len(signal)
+    value = snr_db(reference, candidate)
     if n < 2 or noise.sum() <= 0:
-        return snr_db(reference, candidate)
+        return value, value
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(reps, n))
     values = 10 * np.log10(np.maximum(signal[idx].sum(1), 1e-300) / np.maximum(noise[idx].sum(1), 1e-300))
-    return float(np.quantile(values, 1 - CONFIDENCE))
+    return float(np.quantile(values, 1 - CONFIDENCE)), float(np.quantile(values, CONFIDENCE))
 
 
 # ---------------------------------------------------------------- figures
@@ -128,7 +130,7 @@ def compare_logits(reference: torch.Tensor, candidate: torch.Tensor, labels: tor
     }
     counts = {"agree": agree}
     bounds = {"top1_agreement": list(wilson_bounds(agree, n)),
-              "snr_db": [bootstrap_snr_lower(reference, candidate), math.inf]}
+              "snr_db": list(bootstrap_snr_bounds(reference, candidate))}
     if labels is not None:
         ref_ok = reference.argmax(1) == labels
         cand_ok = candidate.argmax(1) == labels

@@ -123,8 +123,9 @@ def pictures_needed(figures: dict, rule: GateRule, *, limit_n: int = 10_000_000)
         if rule.figure == "top1_drop":
             return tango_bounds(int(round(c["only_reference"] * k)), int(round(c["only_candidate"] * k)), m)[1] <= rule.limit
         # snr: the bound's distance from the value shrinks as 1/sqrt(n)
-        lo = figures["bounds"]["snr_db"][0]
-        return value - (value - lo) / math.sqrt(k) >= rule.limit
+        lo, hi = figures["bounds"]["snr_db"]
+        return (value - (value - lo) / math.sqrt(k) >= rule.limit) if rule.op == ">=" else \
+            (value + (hi - value) / math.sqrt(k) <= rule.limit)
     lo_k, hi_k = 1.0, 2.0
     while not clears(hi_k):
         lo_k, hi_k = hi_k, hi_k * 2
@@ -178,8 +179,6 @@ def with_bounds(figures: dict, figure: str) -> str:
     text = _fmt(figure, figures[figure])
     if figure in figures.get("bounds", {}):
         lo, hi = figures["bounds"][figure]
-        if figure == "snr_db":
-            return f"{text} (≥ {_fmt(figure, lo)})"
         return f"{text} [{_fmt(figure, lo)}, {_fmt(figure, hi)}]"
     return text
 

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 from mbv3_mobile.core.atomic import atomic_dir
-from mbv3_mobile.data.selection import labelled_images
+from mbv3_mobile.data.selection import choose, pictures
 from mbv3_mobile.export.registry import FormatError, get_format, list_formats
 from mbv3_mobile.pipeline.publish import environment, output_name, write_json
-from mbv3_mobile.pipeline.runner import check_params, run_pipeline
+from mbv3_mobile.pipeline.runner import check_params, preflight, run_pipeline
 from mbv3_mobile.pipeline.spec import GateFailure, PipelineError, PipelineSpec, load_pipeline
 from mbv3_mobile.pipeline.stages import eager_logits, load_resolved
 from mbv3_mobile.verify.compare import Candidate, compare_logits
@@ -49,9 +49,10 @@ def evaluate_entries(entries: list[Candidate], reference: torch.Tensor, images: 
             continue
         t0 = time.perf_counter()
         figures = compare_logits(reference, entry.run(images), labels)
-        judged = check_gates(figures, spec.gates.get(entry.gate, ()))
+        table = f"{entry.gate}_unlabelled" if labels is None and f"{entry.gate}_unlabelled" in spec.gates else entry.gate
+        judged = check_gates(figures, spec.gates.get(table, ()))
         verdict = gate_verdict(judged)
-        figures.update(format=entry.format, precision=entry.gate, seconds=round(time.perf_counter() - t0, 2),
+        figures.update(format=entry.format, precision=entry.gate, gate_table=table, seconds=round(time.perf_counter() - t0, 2),
                        note=entry.note, gate=verdict, judged=judged)
         failures += [f"{entry.name}: {j['message']}" for j in judged if j["verdict"] == FAIL]
         inconclusive += [f"{entry.name}: {j['message']}" for j in judged if j["verdict"] == INCONCLUSIVE]
@@ -152,6 +153,11 @@ def run_parity(params: dict, *, progress: bool = True) -> tuple[ParityResult, Pa
     entries: list[Candidate] = []
     published: list[str] = []  # the artifact folders compared: their model cards get the matrix
     resolved_meta = first = results = None
+    for _, pipeline, overrides in plan:  # every format's checks first: bad input fails before any export
+        try:
+            preflight(pipeline, overrides)
+        except PipelineError as exc:
+            raise PipelineError(f"the {pipeline.name} pipeline: {exc}") from None
     for fmt, pipeline, overrides in plan:
         results = run_format(pipeline, overrides, progress=progress)
         if resolved_meta is None:
@@ -161,7 +167,11 @@ def run_parity(params: dict, *, progress: bool = True) -> tuple[ParityResult, Pa
         if "package" in results:
             published.append(results["package"].meta["published"])
     model, pre, labels = load_resolved(results["resolve"])
-    images, y = labelled_images(p["data"], pre, labels, split="test", limit=p["images"] or None)
+    source, labelled = choose(given=p["eval_data"], images=p["images"], labels=labels, purpose="eval")
+    pics = pictures(source, labelled, pre, labels, split="test", limit=p["pictures"] or None)
+    images, y = pics.normalized(pre), pics.labels
+    if progress:
+        print(f"[parity] {len(pics)} pictures from {pics.source} ({'labelled' if labelled else 'unlabelled: label-free gates'})")
     reference = eager_logits(model, images)
     result = evaluate_entries(entries, reference, images, y, spec, progress=progress)
     failing = {f.split(":")[0] for f in result.failures}
@@ -172,11 +182,13 @@ def run_parity(params: dict, *, progress: bool = True) -> tuple[ParityResult, Pa
                                    "table": r.table()} for n, r in reports.items()}
     name = output_name(p, resolved_meta)
     out = Path(p["out"]) / name
-    ref_top1 = (reference.argmax(1) == y).double().mean().item()
+    ref_top1 = (reference.argmax(1) == y).double().mean().item() if y is not None else None
     md = markdown(result, title=f"Parity matrix: {name}", images=len(images), reference_top1=ref_top1)
     with atomic_dir(out / "report") as tmp:
         write_json(tmp / "parity.json", {
-            "model": resolved_meta["model_name"], "images": len(images), "data": p["data"], "reference_top1": ref_top1,
+            "model": resolved_meta["model_name"], "images": len(images), "data": pics.source,
+            "pictures": pics.describe(), "reference_top1": ref_top1,
+            "params": {k: p[k] for k in ("formats", "pictures", "images", "eval_data")},
             "gates": {t: [r.describe() for r in rules] for t, rules in spec.gates.items()},
             "rows": result.rows, "failures": result.failures, "inconclusive": result.inconclusive,
             "localisation": result.localisation, **environment()})
@@ -199,7 +211,8 @@ def format_overrides(pipeline: PipelineSpec, p: dict, *, out_root: str | None = 
     checkpoint / recipe, `<pipeline>_<param>` options, the `<pipeline>_params` table, and an
     output folder under the command's `out`."""
     fmt = pipeline.name
-    overrides = {k: p[k] for k in ("checkpoint", "recipe") if p.get(k) and k in pipeline.params}
+    shared = ("checkpoint", "recipe", "images", "labels", "preset", "resize", "interpolation", "mean", "std")
+    overrides = {k: p[k] for k in shared if p.get(k) and k in pipeline.params}
     overrides.update({k: p[f"{fmt}_{k}"] for k in pipeline.params if p.get(f"{fmt}_{k}")})
     overrides.update(p.get(f"{fmt}_params", {}))
     if "out" in pipeline.params:

@@ -48,8 +48,10 @@ def _apply_metadata(mlmodel, *, model_name: str, preprocessing: Preprocessing, l
         + (f", weights compressed: {COMPRESSIONS[compression].description}" if compression else "")
     )
     mlmodel.input_description[INPUT_NAME] = (
-        f"{preprocessing.channel_order} image, {r}x{r}. Resize the whole picture to {r}x{r} "
-        f"({preprocessing.resize}, no crop) as in training; the model scales pixels by 1/255 and "
+        f"{preprocessing.channel_order} image, {r}x{r}. "
+        + (f"Resize the shorter side to {preprocessing.resize_shorter} px, then crop the centre {r}x{r} "
+           if preprocessing.resize_shorter else f"Resize the whole picture to {r}x{r} (no crop) ")
+        + f"({preprocessing.interpolation}), as in training; the model scales pixels by 1/255 and "
         f"normalises per channel with mean={_fmt(preprocessing.mean)}, std={_fmt(preprocessing.std)} itself."
     )
     mlmodel.output_description[LABEL_OUTPUT] = "Most likely class label"

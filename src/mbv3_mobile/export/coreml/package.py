@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 from string import Template
 
+from mbv3_mobile.data.preprocess import Preprocessing
+from mbv3_mobile.export import snippets
 from mbv3_mobile.export.coreml import convert as cm
 from mbv3_mobile.export.coreml.archive import zip_mlpackage
 from mbv3_mobile.pipeline.publish import publication, publish, ship, write_manifest
@@ -37,7 +39,7 @@ def package(ctx: StageContext) -> dict:
             files[v] = target
         if et.meta.get("file"):
             shutil.copy2(et.dir / et.meta["file"], folder / et.meta["file"])
-        (folder / "README.md").write_text(_readme(pub.name, resolved, ctx.params, variants, files, pub.table, et.meta))
+        (folder / "README.md").write_text(_readme(pub.name, resolved, ctx.params, variants, files, pub.table, et.meta, pub.pictures_text))
         write_manifest(folder, fmt=MANIFEST_ID, resolved=resolved, figures=pub.figures, extra={
             "input": {"name": cm.INPUT_NAME, "type": "ImageType", "color": "RGB",
                       "size": [resolved["preprocessing"]["resolution"]] * 2,
@@ -48,21 +50,25 @@ def package(ctx: StageContext) -> dict:
                              "verify": {k: val for k, val in ctx.inputs[f"verify[{v}]"].meta.items()
                                         if k not in ("figures", "judged", "files", "key_data")}}
                          for v in variants},
-            "deployment_target": ctx.params["deployment_target"], "executorch_coreml": et.meta.get("file") and
+            "pictures": pub.pictures, "deployment_target": ctx.params["deployment_target"], "executorch_coreml": et.meta.get("file") and
             {k: val for k, val in et.meta.items() if k not in ("files", "key_data")} or {"skipped": et.meta.get("skipped")},
             "gates": {t: [r.describe() for r in rules] for t, rules in ctx.gates.items()}})
 
     return publish(ctx, pub, build, after=write_card_at_publish)
 
 
-def _readme(name, resolved, params, variants, files, table, et_meta) -> str:
-    pre = resolved["preprocessing"]
+def _readme(name, resolved, params, variants, files, table, et_meta, pictures) -> str:
+    pre = Preprocessing.from_dict(resolved["preprocessing"])
     listing = "\n".join(f"- `{files[v]}` ({v}) and `{files[v]}.zip`" for v in variants)
     pte = (f"- `{et_meta['file']}`: the ExecuTorch program with the Core ML delegate ({et_meta.get('delegated_nodes')} "
            "nodes delegated) for apps that use ExecuTorch on iOS. Built on Linux, **not run here**: the pip ExecuTorch "
            "runtime has no CoreMLBackend; verify it on a device (mobile_harness).") if et_meta.get("file") else ""
+    geometry = (f"resize the shorter side to {pre.resize_shorter} px, then the centre {pre.resolution}x{pre.resolution} "
+                "crop (the Swift below crops, Vision scales)" if pre.resize_shorter else
+                f"the whole picture to {pre.resolution}x{pre.resolution}, no crop")
     template = Template((Path(__file__).parent / "app_readme.md").read_text())
     return template.substitute(
         name=name, deployment_target=params["deployment_target"], model_name=resolved["model_name"],
         first_package=files[variants[0]], class_name=params["class_name"], input_name=cm.INPUT_NAME,
-        resolution=pre["resolution"], mean=pre["mean"], std=pre["std"], listing=listing, pte=pte, table=table)
+        resolution=pre.resolution, geometry=geometry, preset=pre.preset, mean=pre.mean, std=pre.std, listing=listing,
+        pte=pte, swift_crop=snippets.swift_crop(pre), python=snippets.python(pre), pictures=pictures, table=table)

@@ -9,13 +9,12 @@ import sys
 
 import numpy as np
 
-from mbv3_mobile.data.selection import uint8_images
 from mbv3_mobile.export.coreml import convert as cm
 from mbv3_mobile.export.coreml.delegate import build_executorch_coreml
-from mbv3_mobile.export.coreml.runtime import app_pictures, coreml_predict, interpreter_outputs, run_package
+from mbv3_mobile.export.coreml.runtime import coreml_predict, interpreter_outputs, run_package
 from mbv3_mobile.pipeline.runner import StageContext
 from mbv3_mobile.pipeline.spec import PipelineError
-from mbv3_mobile.pipeline.stages import load_resolved, verify_against_eager
+from mbv3_mobile.pipeline.stages import load_resolved, stage_pictures, verify_against_eager
 
 
 def parse_variant(variant: str) -> tuple[str, str | None]:
@@ -24,6 +23,13 @@ def parse_variant(variant: str) -> tuple[str, str | None]:
     if precision not in ("fp16", "fp32") or (compression and compression not in cm.COMPRESSIONS):
         raise PipelineError(f"unknown Core ML variant {variant!r}: use fp16, fp32 or fp16_<{'|'.join(cm.COMPRESSIONS)}>")
     return precision, compression or None
+
+
+def check_params(spec, params: dict) -> None:
+    """Preflight: every variant parses and the deployment target supports it."""
+    for variant in params.get("variants", []):
+        _, compression = parse_variant(variant)
+        cm.check_target(params["deployment_target"], compression)
 
 
 def gate_table(variant: str) -> str:
@@ -55,8 +61,7 @@ def verify(ctx: StageContext) -> dict:
         gate=gate_table(ctx.variant), artifact=package)
     result["engine"] = "mbv3_mobile.verify.mil_interpreter (numpy reference)"
     if sys.platform == "darwin":
-        _, pre, _ = load_resolved(ctx.inputs["resolve"])
-        pictures = app_pictures(uint8_images(ctx.params["eval_data"], limit=200)[0], pre.resolution)
+        pictures = stage_pictures(ctx, "eval", limit=200).images.permute(0, 2, 3, 1).contiguous().numpy()
         native = coreml_predict(package, pictures)
         interp = interpreter_outputs(package, pictures)
         result["macos_predict_vs_interpreter_max_abs_logit"] = float(np.abs(native["logits"] - interp["logits"]).max())

@@ -4,9 +4,10 @@ same .pte bytes. Packaging is `package.py`."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from mbv3_mobile.data.datasets import load_fashion_mnist
+from mbv3_mobile.data.datasets import ArrayDataset
 from mbv3_mobile.export.executorch import bundle as bpte
 from mbv3_mobile.export.executorch.lower import lower as lower_program
 from mbv3_mobile.export.executorch.lower import write_pte
@@ -14,10 +15,17 @@ from mbv3_mobile.export.executorch.runtime import run_pte
 from mbv3_mobile.export.torch_export import export_program
 from mbv3_mobile.pipeline.runner import StageContext
 from mbv3_mobile.pipeline.spec import PipelineError
-from mbv3_mobile.pipeline.stages import load_resolved, verify_against_eager
+from mbv3_mobile.pipeline.stages import load_resolved, stage_pictures, verify_against_eager
 from mbv3_mobile.quantize import pt2e as q
 
 QUANT_CHOICES = ("fp32", "ptq", "qat")
+
+
+def check_params(spec, params: dict) -> None:
+    """Preflight: the variants asked for exist (before any stage runs)."""
+    bad = [v for v in params.get("quant", []) if v not in QUANT_CHOICES]
+    if bad:
+        raise PipelineError(f"--quant {','.join(bad)}: not one of {', '.join(QUANT_CHOICES)}")
 
 
 def load_program(path) -> torch.export.ExportedProgram:
@@ -36,18 +44,20 @@ def quantize(ctx: StageContext) -> dict:
     model, pre, labels = load_resolved(ctx.inputs["resolve"])
     info: dict = {"quantization": ctx.variant}
     if ctx.variant != "fp32":
-        if ctx.params["calib_data"] not in ("fashion-mnist", "fashion_mnist", "fmnist"):
-            raise PipelineError("int8 calibration/QAT data other than Fashion-MNIST is not wired yet; "
-                                "use --quant fp32 for models trained on other data")
-        calib = q.calibration_images(pre, ctx.params["calib_images"], seed=ctx.params["seed"])
-        ctx.log(f"PT2E {ctx.variant.upper()} with XNNPACKQuantizer, {len(calib)} real calibration images")
+        calib_pics = stage_pictures(ctx, "calib", limit=ctx.params["calib_images"], seed=ctx.params["seed"])
+        calib = calib_pics.normalized(pre)
+        ctx.log(f"PT2E {ctx.variant.upper()} with XNNPACKQuantizer, {len(calib)} real calibration pictures "
+                f"from {calib_pics.source}")
         if ctx.variant == "ptq":
             model = q.quantize_ptq(model, calib, progress=ctx.progress)
         else:
+            train = stage_pictures(ctx, "train")
             cfg = q.QATConfig(steps=ctx.params["qat_steps"], lr=ctx.params["qat_lr"], seed=ctx.params["seed"])
-            model = q.quantize_qat(model, load_fashion_mnist("train"), pre, calib, cfg, progress=ctx.progress)
-            info["qat"] = {"steps": cfg.steps, "lr": cfg.lr, "batch_size": cfg.batch_size}
-        info.update(calibration_images=len(calib),
+            data = ArrayDataset(train.images, train.labels, train.classes)
+            model = q.quantize_qat(model, data, pre, calib, cfg, progress=ctx.progress)
+            info["qat"] = {"steps": cfg.steps, "lr": cfg.lr, "batch_size": cfg.batch_size, "train_data": train.source,
+                           "train_pictures": len(train)}
+        info.update(calibration_images=len(calib), calibration=calib_pics.describe(),
                     scheme="int8 per-channel symmetric weights, per-tensor affine activations")
     with torch.no_grad():
         program = export_program(model, torch.zeros(1, 3, pre.resolution, pre.resolution))
@@ -81,15 +91,14 @@ def bundle(ctx: StageContext) -> dict:
     fp32: expected outputs are eager PyTorch's logits, so the check is a verification. int8: there is
     no independent reference with the same rounding, so the expected outputs are this runtime's own
     and the check is self-consistency (golden values a device must reproduce), labelled as such."""
-    model, pre, labels = load_resolved(ctx.inputs["resolve"])
-    from mbv3_mobile.data.selection import labelled_images
-
-    x, _ = labelled_images(ctx.params["eval_data"], pre, labels, split="test", limit=ctx.params["bundle_images"])
+    model, pre, _ = load_resolved(ctx.inputs["resolve"])
+    x = stage_pictures(ctx, "eval", limit=ctx.params["bundle_images"]).normalized(pre)
     pte = ctx.inputs["lower"].out("pte")
     fp32 = ctx.variant == "fp32"
     with torch.no_grad():
         expected = model(x) if fp32 else run_pte(pte, x)
     bpte.write_bundled_program(ctx.out("bpte"), pte, x, expected)
+    np.save(ctx.out("inputs"), x.numpy())  # the same pictures, for the bench's in-process runtimes
     if bpte.bundled_program_bytes(ctx.out("bpte")) != pte.read_bytes():
         raise PipelineError(f"the .bpte does not wrap the published .pte bytes ({pte}); refusing to publish it")
     tol = {"rtol": 1e-5, "atol": 1e-4} if fp32 else {"rtol": 1e-3, "atol": 1e-3}

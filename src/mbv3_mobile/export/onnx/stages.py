@@ -5,11 +5,21 @@ from __future__ import annotations
 
 import shutil
 
-from mbv3_mobile.data.selection import labelled_images
 from mbv3_mobile.export.onnx import convert as ox
 from mbv3_mobile.export.onnx.runtime import run_onnx
 from mbv3_mobile.pipeline.runner import StageContext
-from mbv3_mobile.pipeline.stages import load_resolved, verify_against_eager
+from mbv3_mobile.pipeline.stages import load_resolved, stage_pictures, verify_against_eager
+
+VARIANTS = ("fp32", "int8")
+
+
+def check_params(spec, params: dict) -> None:
+    """Preflight: the variants asked for exist (before any stage runs)."""
+    from mbv3_mobile.pipeline.spec import PipelineError
+
+    bad = [v for v in params.get("variants", []) if v not in VARIANTS]
+    if bad:
+        raise PipelineError(f"--variants {','.join(bad)}: not one of {', '.join(VARIANTS)}")
 
 
 def export(ctx: StageContext) -> dict:
@@ -29,10 +39,11 @@ def quantize(ctx: StageContext) -> dict:
     if ctx.variant == "fp32":
         shutil.copy2(src, ctx.out("model"))
         return {"quantization": "none"}
-    _, pre, labels = load_resolved(ctx.inputs["resolve"])
-    calib, _ = labelled_images(ctx.params["calib_data"], pre, labels, split="train", limit=ctx.params["calib_images"])
-    ctx.log(f"ORT static QDQ int8, calibrating on {len(calib)} real training pictures")
-    return {"quantization": ox.quantize_onnx_int8(src, ctx.out("model"), calib)}
+    _, pre, _ = load_resolved(ctx.inputs["resolve"])
+    pics = stage_pictures(ctx, "calib", limit=ctx.params["calib_images"], seed=ctx.params.get("seed", 0))
+    ctx.log(f"ORT static QDQ int8, calibrating on {len(pics)} real pictures from {pics.source}")
+    info = ox.quantize_onnx_int8(src, ctx.out("model"), pics.normalized(pre))
+    return {"quantization": {**info, "calibration": pics.describe()}}
 
 
 def verify(ctx: StageContext) -> dict:

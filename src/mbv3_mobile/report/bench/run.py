@@ -8,11 +8,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mbv3_mobile.core.atomic import atomic_dir
 from mbv3_mobile.core.errors import UserError
-from mbv3_mobile.data.selection import labelled_images
+from mbv3_mobile.data.selection import choose, pictures
 from mbv3_mobile.export.registry import get_format
 from mbv3_mobile.pipeline.publish import environment, write_json
 from mbv3_mobile.pipeline.runner import check_params
@@ -53,14 +54,20 @@ def gather_artifacts(p: dict, *, progress: bool) -> Artifacts:
     return Artifacts(model_file, runtimes, first[1], results)
 
 
-def bench_input(art: Artifacts, data: str, bundle_images: int) -> tuple[torch.Tensor, int]:
-    """The first of the real test pictures the android pipeline bundles into each .bpte, so the
-    native runner (which feeds the bundled case) and the in-process runtimes see the same pixels."""
+def bench_input(art: Artifacts, p: dict) -> tuple[torch.Tensor, str]:
+    """The first of the real pictures the android pipeline bundles into each .bpte (its bundle
+    stage saves them), so the native runner (which feeds the bundled case) and the in-process
+    runtimes see the same pixels; without the android format, the first eval picture."""
+    android = art.results.get("android", {})
+    bundles = [r for r in android.values() if getattr(r, "name", None) == "bundle"]
+    if bundles:
+        return torch.from_numpy(np.load(bundles[0].out("inputs"))[:1]).contiguous(), "first bundled picture"
     from mbv3_mobile.model.checkpoint import load_checkpoint
 
     ck = load_checkpoint(art.model_file)
-    x, y = labelled_images(data, ck.preprocessing, ck.labels, split="test", limit=bundle_images)
-    return x[:1].contiguous(), int(y[0])
+    source, labelled = choose(given=p.get("eval_data", ""), images=p.get("images", ""), labels=ck.labels, purpose="eval")
+    pics = pictures(source, labelled, ck.preprocessing, ck.labels, split="test", limit=1)
+    return pics.normalized(ck.preprocessing), f"first picture of {pics.source}"
 
 
 def resolve_params(params: dict) -> tuple[dict, dict, dict]:
@@ -88,8 +95,7 @@ def run_bench(params: dict, *, progress: bool = True) -> tuple[dict, Path]:
     art = gather_artifacts(p, progress=progress)
     resolved = art.resolved
     macs = resolved["macs"]
-    bundled = p.get("android_params", {}).get("bundle_images", load_pipeline("android").params["bundle_images"])
-    x, label = bench_input(art, p["data"], bundled)
+    x, picture = bench_input(art, p)
 
     runner, skipped = None, {}
     native = [k for k, rt in art.runtimes.items() if rt.native]
@@ -136,7 +142,7 @@ def run_bench(params: dict, *, progress: bool = True) -> tuple[dict, Path]:
     android = art.results.get("android", {})
     report = {
         "schema": SCHEMA, "model": resolved["model_name"], "resolution": int(x.shape[-1]), "macs": macs,
-        "params": resolved["params"], "input": {"image": "first bundled real test picture", "label": label, "data": p["data"]},
+        "params": resolved["params"], "input": {"image": picture, "images": p.get("images") or None, "eval_data": p.get("eval_data") or None},
         "cores": cores, "threads": threads, "plan": {k: p[k] for k in ("warmup", "rounds", "iters", "probe_iters", "quick")},
         "peak": peak, "baseline": BASELINE,
         "runtimes": {k: {"label": rt.label, "precision": rt.precision, "format": rt.format, "file": str(rt.file),

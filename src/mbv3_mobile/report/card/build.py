@@ -54,14 +54,15 @@ def build_card(folder: str | os.PathLike, *, parity: str | os.PathLike | None = 
         training = prev.get("training") or training_info(
             Path(source["path"]) if source.get("path") and _same_file(source) else None, source)
     export_cmd = export["reproduce"]
-    eval_data = export.get("params", {}).get("eval_data", "unknown")
+    pictures = manifest.get("pictures") or {}
 
     sizes_by_path = {e["path"]: e["bytes"] for e in manifest["files"]}
     accuracy = []
     for variant, f in manifest["figures"].items():
         artifact = _artifacts_of_variant(manifest, variant)
         accuracy.append({"variant": variant, "artifact": artifact, "bytes": sizes_by_path.get(artifact.split(", ")[0]),
-                         "runtime": _verify_runtime(manifest), "data": f"{eval_data} test split",
+                         "runtime": _verify_runtime(manifest), "data": _pictures_text(pictures.get(variant)),
+                         "gate_table": (pictures.get(variant) or {}).get("gate_table"),
                          **{k: f.get(k) for k in FIGURE_KEYS + LABELLED_KEYS + ("mean_abs_dlogit", "snr_db", "bounds", "counts")},
                          "gate": (manifest.get("variants") or {}).get(variant, {}).get("gate"),
                          "reproduce": export_cmd})
@@ -131,6 +132,13 @@ def build_card(folder: str | os.PathLike, *, parity: str | os.PathLike | None = 
     return card
 
 
+def _pictures_text(p: dict | None) -> str:
+    if not p:
+        return "unknown"
+    kind = "labelled: accuracy-drop gates" if p.get("labelled") else "no labels: label-free gates (agreement, SNR)"
+    return f"{p.get('count')} pictures from {p.get('source')} ({kind})"
+
+
 def _format(manifest: dict):
     from mbv3_mobile.export.registry import format_of_manifest
 
@@ -176,9 +184,12 @@ def _parity_command(parity_sec: dict | None, export: dict) -> str:
         fmts = [f.pipeline for f in every if f.name in used]
         if fmts and len(fmts) < len(every):
             args += ["--formats", ",".join(fmts)]
-    args += ["--images", str(parity_sec["images"] if parity_sec else 1000)]
-    if parity_sec and parity_sec.get("data") not in (None, "unknown", "fashion-mnist"):
-        args += ["--data", parity_sec["data"]]
+    used = (parity_sec or {}).get("params") or {}
+    if parity_sec and used.get("pictures", parity_sec["images"]):
+        args += ["--pictures", str(used.get("pictures", parity_sec["images"]))]
+    for key in ("images", "eval_data"):
+        if used.get(key):
+            args += ["--" + key.replace("_", "-"), str(used[key])]
     return "nox -s parity -- " + shlex.join(args)
 
 

@@ -76,7 +76,7 @@ def markdown(card: dict) -> str:
             L.append(f"- limitations: {t['limitations']}")
         L += ["", f"Reproduce: `{t['reproduce']}`", ""]
     L += ["## Accuracy per format", "",
-          "Each variant against eager PyTorch fp32 on the same real test images (the export's verify stage).", "",
+          "Each variant against eager PyTorch fp32 on the same real pictures (the export's verify stage).", "",
           "| variant | file | size | pictures | top-1 % | eager fp32 top-1 % (same pictures) | drop [95 % bounds] | "
           "top-1 agreement [95 % bounds] | SNR | max abs Δlogit | min cosine | gate |",
           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -87,7 +87,8 @@ def markdown(card: dict) -> str:
                  f"{_fmt('snr_db', a.get('snr_db'))} | {a['max_abs_dlogit']:.2e} | {a['min_cosine']:.6f} | {_verdict(a.get('gate'))} |")
     if card["accuracy"]:
         a = card["accuracy"][0]
-        L += ["", f"Evaluated in: {a['runtime']}; data: {a['data']}. A negative drop means the variant scored "
+        L += [""] + [f"- {x['variant']}: {x['data']}, gate table `{x.get('gate_table') or '?'}`" for x in card["accuracy"]]
+        L += ["", f"Evaluated in: {a['runtime']}. A negative drop means the variant scored "
               "higher than eager fp32 on these pictures. Bounds are one-sided 95 % bounds (Tango's score bounds for "
               "the paired drop, Wilson for agreement); counts are in model_card.json."]
     L += ["", f"Reproduce: `{ex['reproduce']}`", ""]

@@ -94,7 +94,7 @@ def load_parity(path: str | os.PathLike, manifest: dict) -> dict:
     return {"source": str(path.resolve()), "sha256": sha256(path), "model": data["model"], "images": data["images"],
             "data": data.get("data", "unknown"), "reference_top1": data.get("reference_top1"), "rows": out_rows,
             "failures": list(data.get("failures") or []),
-            "inconclusive": list(data.get("inconclusive") or []), "created_on": data.get("platform"),
+            "inconclusive": list(data.get("inconclusive") or []), "params": data.get("params") or {}, "created_on": data.get("platform"),
             "command": shlex.join(map(str, data["command"])) if isinstance(data.get("command"), list) else data.get("command")}
 
 

@@ -1,1 +1,0 @@
-"""Test doubles for the harness: a loopback ADB device (fake_adbd) that the real adb client drives."""
