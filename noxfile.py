@@ -60,7 +60,7 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    run(session, str(BIN / "ruff"), "check", "src", "tests", "pipelines", "mobile_harness", "noxfile.py")
+    run(session, str(BIN / "ruff"), "check", "src", "tests", "scripts", "mobile_harness", "noxfile.py")
 
 
 @nox.session
