@@ -21,7 +21,8 @@ def test_artifacts_manifest_and_figures(onnx_run):
     folder = out / "mobilenet_v3_small_050_32px"
     manifest = json.loads((folder / "manifest.json").read_text())
     names = {f["path"] for f in manifest["files"]}
-    assert {"model.onnx", "model_int8.onnx", "labels.txt", "README.md"} <= names
+    assert {"model.onnx", "model_int8.onnx", "model.ort", "model_int8.ort", "required_operators.config", "labels.txt",
+            "README.md"} <= names
     assert manifest["preprocessing"]["mean"] == [0.286] * 3 and manifest["labels"][9] == "Ankle boot"
     model = onnx.load(str(folder / "model.onnx"))
     assert model.opset_import[0].version == 18
@@ -39,14 +40,17 @@ def test_rerun_is_cached_and_a_parameter_reruns_only_downstream(onnx_run):
     changed = run_pipeline(spec, {**params, "calib_images": 50}, progress=False)
     _forget(changed, first)
     rerun = {k for k, r in changed.items() if not r.cached and k != "_total"}
-    assert rerun == {"quantize[int8]", "verify[int8]", "package"}
+    assert rerun == {"package", *INT8_STAGES}
+
+
+INT8_STAGES = ("quantize[int8]", "coverage[int8]", "verify[int8]", "ort_format[int8]", "verify_ort[int8]")
 
 
 def _forget(changed, first):
     """Drop the changed run's own cache entries, so the next test session sees them uncached too."""
     import shutil
 
-    for k in ("quantize[int8]", "verify[int8]"):
+    for k in INT8_STAGES:
         if changed[k].dir != first[k].dir and changed[k].dir.is_relative_to(cache_dir()):
             shutil.rmtree(changed[k].dir, ignore_errors=True)
 
@@ -93,3 +97,35 @@ def test_drift_localisation_names_the_perturbed_block(trained_ci_checkpoint, fas
     bad = export_onnx(broken, 32, tmp_path / "bad.onnx")
     report = localize(ck.model, image, module_outputs(bad, image, module_scopes(bad)), 1e-4)
     assert report.module is not None and report.module.startswith("features.7.block.1"), report.table()
+
+
+def test_dynamic_batch_on_request_is_verified_and_recorded_not_gated(trained_ci_checkpoint, fashion_test, tmp_path):
+    """--dynamic-batch (the server option): any N, in the .onnx and the .ort alike; EP coverage is
+    recorded (NNAPI and the Core ML EP want fixed shapes) but not gated."""
+    import torch
+
+    from mbv3_mobile import load_checkpoint
+    from mbv3_mobile.data.datasets import BatchTransform
+    from mbv3_mobile.export.onnx.runtime import ort_session, run_onnx
+
+    results = run_pipeline(load_pipeline("onnx"), {"checkpoint": str(trained_ci_checkpoint), "out": str(tmp_path),
+                                                   "variants": ["fp32"], "parity_images": 500, "dynamic_batch": True},
+                           progress=False)
+    folder = tmp_path / "mobilenet_v3_small_050_32px"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["dynamic_batch"] is True and manifest["input"]["shape"][0] == "N"
+    dim = onnx.load(str(folder / "model.onnx")).graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim.dim_param and not dim.HasField("dim_value")
+    ck = load_checkpoint(trained_ci_checkpoint)
+    x = BatchTransform(ck.preprocessing)(fashion_test.images[:7])
+    with torch.no_grad():
+        reference = ck.model.eval()(x)
+    for file in ("model.onnx", "model.ort"):
+        session = ort_session(folder / file)
+        logits = torch.from_numpy(session.run(None, {"image": x.numpy()})[0])  # one run, batch 7
+        assert logits.shape == (7, 10) and (logits - reference).abs().max() <= 1e-4, file
+        assert torch.allclose(run_onnx(session, x), logits, atol=1e-6)
+    cov = results["coverage[fp32]"].meta
+    assert "gate" not in cov and cov["coverage"]["dynamic_inputs"] == ["image"]
+    assert cov["figures"]["coreml_ep_node_coverage"] < 1.0  # what a fixed batch buys
+    assert all(j["verdict"] == "pass" for j in results["verify_ort[fp32]"].meta["judged"])

@@ -27,7 +27,8 @@ def test_matrix_over_every_format(trained_ci_checkpoint, tmp_path):
     rows = data["rows"]
     assert set(rows) == {"eager int8 (ptq, PT2E)", "pte fp32 (ExecuTorch)", "pte ptq (ExecuTorch)",
                          "coreml fp16 (MIL interp.)", "coreml fp32 (MIL interp.)",
-                         "onnx fp32 (onnxruntime)", "onnx int8 (onnxruntime)"}
+                         "onnx fp32 (onnxruntime)", "onnx int8 (onnxruntime)",
+                         "onnx fp32 .ort (onnxruntime)", "onnx int8 .ort (onnxruntime)"}
     for name in ("pte fp32 (ExecuTorch)", "coreml fp32 (MIL interp.)", "onnx fp32 (onnxruntime)"):
         assert rows[name]["max_abs_dlogit"] <= 1e-4 and rows[name]["top1_agreement"] == 1.0, name
         assert rows[name]["gate"] == "pass", name

@@ -150,12 +150,26 @@ def verify_against_eager(ctx: StageContext, what: str, run: Callable, *, limit: 
     model, pre, _ = load_resolved(ctx.inputs["resolve"])
     pics = stage_pictures(ctx, "eval", limit=limit)
     x = pics.normalized(pre)
-    reference = eager_logits(model, x)
+    reference = _reference(ctx.inputs["resolve"].key, pics, model, x)
     kind = "labelled" if pics.labelled else "unlabelled: label-free gates"
     ctx.log(f"{what}: {len(pics)} real pictures from {pics.source} ({kind})")
     figures = compare_logits(reference, run(x, pre), pics.labels)
     return {"figures": figures, "gate": gate_table(ctx, gate, pics.labelled), "what": what,
             "pictures": pics.describe(), "measured": _measured(artifact)}
+
+
+_REFERENCES: dict[tuple[str, str], torch.Tensor] = {}
+
+
+def _reference(model_key: str, pics: Pictures, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Eager fp32 logits, computed once per (model, pictures) in a process: every verify stage of a
+    run (each variant, .onnx and .ort) compares against the same reference."""
+    key = (model_key, pics.digest())
+    if key not in _REFERENCES:
+        if len(_REFERENCES) > 8:
+            _REFERENCES.clear()
+        _REFERENCES[key] = eager_logits(model, x)
+    return _REFERENCES[key]
 
 
 def _measured(path: Path) -> dict:

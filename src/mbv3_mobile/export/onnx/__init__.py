@@ -1,4 +1,4 @@
-"""ONNX (opset 18, onnxsim-simplified) for ONNX Runtime, with ORT static QDQ int8."""
+"""ONNX (opset 18, onnxsim-simplified) for ONNX Runtime and ONNX Runtime Mobile (.ort), with ORT static int8."""
 
 from mbv3_mobile.export.registry import FormatSpec, register_format
 
@@ -15,5 +15,5 @@ SPEC = register_format(FormatSpec(
     deployment_notes="mbv3_mobile.export.onnx.notes:deployment_notes",
     harness_target=None,
     app_platform="any (ONNX Runtime)",
-    extensions=(".onnx",),
+    extensions=(".onnx", ".ort"),
 ))

@@ -1,5 +1,6 @@
 """ONNX: dynamo export (opset 18) -> onnx.checker (full) -> onnxsim -> onnxruntime, plus ONNX
-Runtime static QDQ int8 as a comparison point.
+Runtime static int8 (QDQ by default). The mobile side (EP-friendly graph, EP coverage, ORT format)
+is `mobile.py`.
 
 Opset 18 because the dynamo exporter produces 18 whatever is asked; a requested 17 fails in its
 down-conversion (seen with torch 2.13 / onnxscript 0.7.2).
@@ -77,10 +78,17 @@ def simplify_onnx(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
             "op_types": sorted({n.op_type for n in simplified.graph.node})}
 
 
-def quantize_onnx_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: torch.Tensor) -> dict:
-    """ONNX Runtime static QDQ int8: per-channel symmetric QInt8 weights, QUInt8 activations
-    (QInt8 activations ran ~2.4x slower on this CPU), calibrated on real images; after
-    `quant_pre_process` (shape inference + graph optimisation) as ORT recommends."""
+INT8_FORMATS = ("qdq", "qoperator")
+
+
+def quantize_onnx_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: torch.Tensor, *,
+                       quant_format: str = "qdq", per_channel: bool = True) -> dict:
+    """ONNX Runtime static int8: symmetric QInt8 weights (per channel or per tensor), QUInt8
+    activations (QInt8 activations ran ~2.4x slower on this CPU, and NNAPI takes uint8 ones),
+    calibrated on real images; after `quant_pre_process` (shape inference + graph optimisation) as
+    ORT recommends. `quant_format`: "qdq" (QuantizeLinear/DequantizeLinear around float ops: what
+    ORT Mobile's EPs (NNAPI, XNNPACK) and the CPU EP fuse) or "qoperator" (QLinearConv & co.,
+    com.microsoft QLinearMul / QGemm / QLinearGlobalAveragePool, which NNAPI lacks)."""
     import tempfile
 
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -94,14 +102,16 @@ def quantize_onnx_int8(src: str | os.PathLike, dst: str | os.PathLike, calibrati
             batch = next(self.it, None)
             return None if batch is None else {INPUT_NAME: batch.numpy().astype(np.float32)}
 
+    fmt = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}[quant_format]
     with tempfile.TemporaryDirectory() as tmpdir:
         pre = Path(tmpdir) / "pre.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         with atomic_path(dst) as tmp:
             quantize_static(
-                str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                str(pre), str(tmp), Reader(), quant_format=fmt, per_channel=per_channel,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
             )
-    return {"calibration_images": int(len(calibration)), "format": "QDQ", "weights": "QInt8 per-channel symmetric",
+    return {"calibration_images": int(len(calibration)), "format": {"qdq": "QDQ", "qoperator": "QOperator"}[quant_format],
+            "weights": f"QInt8 {'per-channel' if per_channel else 'per-tensor'} symmetric",
             "activations": "QUInt8 asymmetric"}

@@ -1,5 +1,6 @@
-"""The ONNX package stage: the verified .onnx files, README with a Python snippet, manifest and
-model card, published atomically."""
+"""The ONNX package stage: the verified .onnx and .ort files, the operator config of a reduced ORT
+build, README with Android / iOS / Python snippets, manifest (with EP coverage) and model card,
+published atomically."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ from string import Template
 
 from mbv3_mobile.data.preprocess import Preprocessing
 from mbv3_mobile.export import snippets
+from mbv3_mobile.export.onnx import app_snippets, mobile
 from mbv3_mobile.export.onnx import convert as ox
+from mbv3_mobile.export.onnx.notes import coverage_table, targets
 from mbv3_mobile.pipeline.publish import input_spec, publication, publish, ship, write_manifest
 from mbv3_mobile.pipeline.runner import StageContext
 from mbv3_mobile.report.card import write_card_at_publish
+from mbv3_mobile.verify.gates import figures_table
 
 FILES = {"fp32": "model.onnx", "int8": "model_int8.onnx"}
+ORT_FILES = {"fp32": "model.ort", "int8": "model_int8.ort"}
 MANIFEST_ID = "onnx"
 
 
@@ -24,27 +29,79 @@ def artifact_name(params: dict, variant: str) -> str:
 def package(ctx: StageContext) -> dict:
     pub = publication(ctx, "variants", "onnx {v} (onnxruntime)")
     resolved, variants = pub.resolved, pub.variants
+    dynamic = ctx.inputs["export"].meta["dynamic_batch"]
+    coverage = {v: _coverage_entry(ctx.inputs[f"coverage[{v}]"].meta) for v in variants}
+    ort = {v: _ort_entry(ctx, v) for v in variants}
+    # the printed and README figures: every file the folder ships, .onnx and .ort
+    pub.table = figures_table({**{f"onnx {v} (onnxruntime)": pub.figures[v] for v in variants},
+                               **{f"ort {v} (.ort, onnxruntime)": ort[v]["figures"] for v in variants}})
 
     def build(folder: Path) -> None:
         for v in variants:
             ship(ctx.inputs[f"verify[{v}]"], ctx.inputs[f"quantize[{v}]"].out("model"), folder / FILES[v])
-        (folder / "README.md").write_text(_readme(pub.name, resolved, variants, pub.table, pub.pictures_text))
+            ship(ctx.inputs[f"verify_ort[{v}]"], ctx.inputs[f"ort_format[{v}]"].out("model"), folder / ORT_FILES[v])
+        configs = [ctx.inputs[f"ort_format[{v}]"].out("config") for v in variants]
+        (folder / mobile.ORT_CONFIG).write_text(mobile.merged_config(configs))
+        (folder / "README.md").write_text(_readme(pub.name, resolved, variants, pub.table, pub.pictures_text, dynamic,
+                                                  coverage, all(o["graph_as_checked"] for o in ort.values())))
+        spec = input_spec(resolved)
+        batch = "N" if dynamic else 1
         write_manifest(folder, fmt=MANIFEST_ID, resolved=resolved, figures=pub.figures, extra={
-            "input": input_spec(resolved),
-            "output": {"name": ox.OUTPUT_NAME, "shape": [1, resolved["config"]["num_classes"]]},
-            "variants": {v: {"file": FILES[v], "quantization": ctx.inputs[f"quantize[{v}]"].meta["quantization"],
-                             "gate": pub.verdicts[v]} for v in variants},
-            "pictures": pub.pictures, "opset": ox.OPSET, "dynamic_batch": ctx.inputs["export"].meta["dynamic_batch"],
+            "input": {**spec, "shape": [batch, *spec["shape"][1:]]},
+            "output": {"name": ox.OUTPUT_NAME, "shape": [batch, resolved["config"]["num_classes"]]},
+            "variants": {v: {"file": FILES[v], "ort_file": ORT_FILES[v],
+                             "quantization": ctx.inputs[f"quantize[{v}]"].meta["quantization"],
+                             "gate": pub.verdicts[v], "targets": targets(v, coverage[v])} for v in variants},
+            "pictures": pub.pictures, "opset": ox.OPSET, "dynamic_batch": dynamic,
+            "ep_friendly": _ep_graph(ctx.inputs["ep_graph"].meta),
             "simplify": ctx.inputs["simplify"].meta.get("op_types"),
+            "ep_coverage": coverage, "ort": {"config": mobile.ORT_CONFIG, "variants": ort},
             "gates": {t: [r.describe() for r in rules] for t, rules in ctx.gates.items()}})
 
     return publish(ctx, pub, build, after=write_card_at_publish)
 
 
-def _readme(name: str, resolved: dict, variants: list[str], table: str, pictures: str) -> str:
+def _coverage_entry(meta: dict) -> dict:
+    """What the manifest keeps of a coverage stage: per EP the counts, partitions and what stays on the CPU."""
+    keep = ("nodes", "supported_nodes", "node_coverage", "partitions", "unsupported_ops", "nodes_left_on_cpu",
+            "unsupported_by_dynamic_shape", "suitability", "caveats")
+    cov = meta["coverage"]
+    return {"checker": "onnxruntime.tools.mobile_helpers.usability_checker (op types and shapes; caveats unchecked)",
+            "eps": {ep: {k: c[k] for k in keep} for ep, c in cov["eps"].items()},
+            "dynamic_inputs": cov["dynamic_inputs"], "figures": meta["figures"], "gate": meta.get("judged")}
+
+
+def _ort_entry(ctx: StageContext, v: str) -> dict:
+    conv, verify = ctx.inputs[f"ort_format[{v}]"].meta, ctx.inputs[f"verify_ort[{v}]"].meta
+    checked = ctx.inputs[f"coverage[{v}]"].meta["coverage"]["checked_op_counts"]
+    return {"file": ORT_FILES[v], "style": conv["style"], "target_platform": conv["target_platform"],
+            "operators": conv["operators"], "op_counts": conv["op_counts"],
+            # the EP coverage above applies to the .ort when its graph is the one the checker saw
+            "graph_as_checked": conv["op_counts"] == checked,
+            "figures": verify["figures"], "gate": verify.get("judged", []), "pictures": verify.get("pictures")}
+
+
+def _ep_graph(meta: dict) -> dict:
+    return {k: meta[k] for k in ("ep_friendly", "rewritten") if k in meta}
+
+
+def _readme(name: str, resolved: dict, variants: list[str], table: str, pictures: str, dynamic: bool,
+            coverage: dict, ort_as_checked: bool) -> str:
     pre = Preprocessing.from_dict(resolved["preprocessing"])
     template = Template((Path(__file__).parent / "app_readme.md").read_text())
+    files = [f for v in variants for f in (FILES[v], ORT_FILES[v])] + [mobile.ORT_CONFIG]
+    r = pre.resolution
     return template.substitute(
-        name=name, opset=ox.OPSET, model_name=resolved["model_name"], files=", ".join(FILES[v] for v in variants),
-        input_name=ox.INPUT_NAME, output_name=ox.OUTPUT_NAME, resolution=pre.resolution, preset=pre.preset,
-        rule=pre.describe(), python=snippets.python(pre), pictures=pictures, table=table)
+        name=name, opset=ox.OPSET, model_name=resolved["model_name"], files=", ".join(files),
+        input_name=ox.INPUT_NAME, output_name=ox.OUTPUT_NAME, resolution=r, preset=pre.preset,
+        batch="N (dynamic: the server option)" if dynamic else "1 (fixed, as NNAPI and the Core ML EP want)",
+        rule=pre.describe(), python=snippets.python(pre), pictures=pictures, table=table,
+        kotlin=app_snippets.kotlin(pre, input_name=ox.INPUT_NAME, model="model.ort",
+                                   int8_model=ORT_FILES["int8"] if "int8" in variants else None),
+        swift=app_snippets.swift(pre, input_name=ox.INPUT_NAME, output_name=ox.OUTPUT_NAME, model="model.ort"),
+        coverage=coverage_table(coverage),
+        targets="\n".join(f"- `{ORT_FILES[v]}` / `{FILES[v]}`: {targets(v, coverage[v])}" for v in variants),
+        config=mobile.ORT_CONFIG,
+        ort_graph="The `.ort` files hold that same graph (runtime optimisations: the CPU fusions are replayed at load)."
+        if ort_as_checked else "The `.ort` files hold another graph (fixed optimisations: CPU fusions baked in, "
+        "which NNAPI and the Core ML EP do not take): use the `.onnx` files with those EPs.")

@@ -1,4 +1,5 @@
-"""What parity and the bench run for this format: ONNX Runtime (CPU EP) fp32 and int8 QDQ."""
+"""What parity and the bench run for this format: ONNX Runtime (CPU EP) fp32 and int8, each as
+.onnx and as the ORT-format .ort an app ships."""
 
 from __future__ import annotations
 
@@ -9,21 +10,23 @@ FORMAT = "onnx"
 
 
 def parity_entries(results: dict) -> list[Candidate]:
-    """Rows for the parity matrix: ORT fp32 (with drift localisation) and ORT int8."""
+    """Rows for the parity matrix: ORT fp32 (with drift localisation) and int8, .onnx then .ort."""
     raw = results["export"].out("raw")
     entries = []
-    for variant in ("fp32", "int8"):
-        key = f"quantize[{variant}]"
-        if key not in results:
-            continue
-        path = results[key].out("model")
-        session = ort_session(path)
-        entries.append(Candidate(
-            name=f"onnx {variant} (onnxruntime)", gate="fp32" if variant == "fp32" else "int8", format=FORMAT,
-            run=lambda x, s=session: run_onnx(s, x),
-            module_outputs=(lambda img, p=path: module_outputs(p, img, module_scopes(raw))) if variant == "fp32" else None,
-            note="static QDQ, per-channel weights" if variant == "int8" else "",
-        ))
+    for stage, suffix in (("quantize", ""), ("ort_format", " .ort")):
+        for variant in ("fp32", "int8"):
+            key = f"{stage}[{variant}]"
+            if key not in results:
+                continue
+            path = results[key].out("model")
+            session = ort_session(path)
+            localise = variant == "fp32" and stage == "quantize"  # node taps need the .onnx graph
+            entries.append(Candidate(
+                name=f"onnx {variant}{suffix} (onnxruntime)", gate=variant, format=FORMAT,
+                run=lambda x, s=session: run_onnx(s, x),
+                module_outputs=(lambda img, p=path: module_outputs(p, img, module_scopes(raw))) if localise else None,
+                note="; ".join(n for n in (_quantization(results, variant), "ORT format" if suffix else "") if n),
+            ))
     return entries
 
 
@@ -32,7 +35,26 @@ def bench_runtimes(results: dict) -> list[dict]:
     for variant in ("fp32", "int8"):
         key = f"quantize[{variant}]"
         if key in results:
+            q = results[key].meta.get("quantization")
             rows.append({"key": f"ort_{variant}", "precision": variant, "file": results[key].out("model"),
-                         "label": "ONNX Runtime fp32" if variant == "fp32" else "ONNX Runtime int8 (QDQ)",
+                         "label": f"ONNX Runtime {variant}" + (f" ({q['format']})" if isinstance(q, dict) else ""),
                          "opener": "mbv3_mobile.export.onnx.bench_open:open_session"})
+    if "simplify" in results and "ep_graph" in results and any((results["ep_graph"].meta.get("rewritten") or {}).values()):
+        # The fair CPU peer: the same graph before the mobile-EP rewrite (ORT's x86 NCHWc path fuses
+        # HardSigmoid/HardSwish that the rewrite spells out), what a server or desktop app would ship.
+        rows.append({"key": "ort_fp32_server", "precision": "fp32", "file": results["simplify"].out("model"),
+                     "label": "ONNX Runtime fp32 (server graph: no EP rewrite)",
+                     "opener": "mbv3_mobile.export.onnx.bench_open:open_session"})
+    for variant in ("fp32", "int8"):
+        key = f"ort_format[{variant}]"
+        if key in results:
+            # ORT format for arm: no x86 NCHWc layout, so slower than the .onnx on an x86 host
+            rows.append({"key": f"ort_{variant}_ortformat", "precision": variant, "file": results[key].out("model"),
+                         "label": f"ONNX Runtime {variant} .ort (ORT format, arm layout)",
+                         "opener": "mbv3_mobile.export.onnx.bench_open:open_ort_session"})
     return rows
+
+
+def _quantization(results: dict, variant: str) -> str:
+    q = results[f"quantize[{variant}]"].meta.get("quantization")
+    return f"static {q['format']}, {q['weights']} weights" if isinstance(q, dict) else ""

@@ -10,6 +10,8 @@ import torch
 
 from mbv3_mobile.data.preprocess import check_model_input
 
+ORT_REPLAY = "session.enable_saved_runtime_optimizations"
+
 
 def ort_session(path: str | os.PathLike, threads: int | None = None):
     import onnxruntime as ort
@@ -19,11 +21,15 @@ def ort_session(path: str | os.PathLike, threads: int | None = None):
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    if str(path).endswith(".ort"):
+        # our .ort files keep the CPU fusions as saved runtime optimisations: replay them, as the apps do
+        opts.add_session_config_entry(ORT_REPLAY, "1")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def run_onnx(path_or_session, images: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
-    """Logits for normalised images (N, 3, R, R); batches when the model's batch dim is dynamic."""
+    """Logits for normalised images (N, 3, R, R); batches when the model's batch dim is dynamic,
+    else one picture per run (the mobile export's fixed batch of 1)."""
     sess = ort_session(path_or_session) if isinstance(path_or_session, (str, os.PathLike)) else path_or_session
     inp = sess.get_inputs()[0]
     check_model_input(images, tuple(inp.shape), "this ONNX model")
@@ -32,10 +38,10 @@ def run_onnx(path_or_session, images: torch.Tensor, *, batch_size: int = 256) ->
     outs = []
     for i in range(0, len(images), step):
         chunk = images[i : i + step].numpy().astype(np.float32)
-        if fixed and len(chunk) != fixed:
-            outs.extend(sess.run(None, {inp.name: chunk[j : j + 1]})[0] for j in range(len(chunk)))
-            continue
-        outs.append(sess.run(None, {inp.name: chunk})[0])
+        n = len(chunk)
+        if fixed and n != fixed:  # the last chunk of a fixed batch: pad with copies, drop their outputs
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - n, axis=0)])
+        outs.append(sess.run(None, {inp.name: chunk})[0][:n])
     return torch.from_numpy(np.concatenate(outs)).float()
 
 

@@ -66,6 +66,14 @@ def build_card(folder: str | os.PathLike, *, parity: str | os.PathLike | None = 
                          **{k: f.get(k) for k in FIGURE_KEYS + LABELLED_KEYS + ("mean_abs_dlogit", "snr_db", "bounds", "counts")},
                          "gate": (manifest.get("variants") or {}).get(variant, {}).get("gate"),
                          "reproduce": export_cmd})
+    # ONNX packages ship each variant twice (.onnx and ORT format), each verified on its own.
+    for variant, o in ((manifest.get("ort") or {}).get("variants") or {}).items():
+        f = o.get("figures") or {}
+        accuracy.append({"variant": f"{variant} (.ort)", "artifact": o["file"], "bytes": sizes_by_path.get(o["file"]),
+                         "runtime": "onnxruntime (ORT format)", "data": _pictures_text(o.get("pictures")),
+                         "gate_table": (o.get("pictures") or {}).get("gate_table"),
+                         **{k: f.get(k) for k in FIGURE_KEYS + LABELLED_KEYS + ("mean_abs_dlogit", "snr_db", "bounds", "counts")},
+                         "gate": o.get("gate"), "reproduce": export_cmd})
 
     parity_sec = prev.get("parity")
     if parity is not None:
