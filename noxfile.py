@@ -142,7 +142,8 @@ def litert_python(session: nox.Session) -> str | None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Every runtime on this host, interleaved, as ratios: `nox -s bench [-- --quick --threads 1,all]`
-    (no arguments: the embedded default model). MBV3_NO_LITERT=1: skip the LiteRT converter venv."""
+    (no arguments: the embedded default plus Large / Small 1.0 at 224 px, random-BN weights; `--sweep`
+    for latency vs MACs, `--profile` for per-op profiles). MBV3_NO_LITERT=1: skip the LiteRT venv."""
     args = list(session.posargs)
     if "--litert-python" not in args and "--no-litert" not in args and not os.environ.get("MBV3_NO_LITERT"):
         python = litert_python(session)

@@ -1,4 +1,4 @@
-"""This host: CPU, FP32 peak, usable cores, thread counts."""
+"""This host: CPU, FP32 and int8 peaks (rooflines), usable cores, thread counts."""
 
 from __future__ import annotations
 
@@ -56,6 +56,37 @@ def fp32_flop_per_cycle(info: dict) -> tuple[int, str]:
     return per_cycle, how
 
 
+def int8_op_per_cycle(info: dict) -> tuple[int, str]:
+    """int8 operations (2 per multiply-accumulate) per cycle per core from the CPU's flags, and the
+    assumption made. As for FP32, 2 SIMD units are assumed (not readable from the flags).
+
+    - AVX-512 VNNI (`avx512_vnni`): VPDPBUSD, 4 u8 x s8 MACs per 32-bit lane into an int32: 64 MACs
+      per 512-bit instruction (Zen 4 splits it over 256-bit datapaths: 32).
+    - AVX-VNNI (`avx_vnni`, no AVX-512 VNNI): the same on 256 bits: 32 MACs per instruction.
+    - AVX-512BW / AVX2 without VNNI: XNNPACK widens int8 to int16 and uses VPMADDWD (2 MACs per 32-bit
+      lane): 32 (512-bit) / 16 (256-bit) MACs per instruction; the widening costs extra, ignored.
+    - Arm: SDOT (`asimddp`) 16 MACs per 128-bit instruction; plain NEON (SMLAL) 8.
+    Peak int8 OP/cycle = MACs per instruction x 2 x units."""
+    flags = info.get("flags", set())
+    amd_zen4 = info.get("vendor") == "AuthenticAMD" and info.get("family") == 25
+    if "avx512_vnni" in flags or "avx512vnni" in flags:
+        macs, isa = (32, "AVX-512 VNNI on 256-bit datapaths (Zen 4)") if amd_zen4 else (64, "AVX-512 VNNI")
+    elif "avx_vnni" in flags:
+        macs, isa = 32, "AVX-VNNI (256-bit)"
+    elif "avx512bw" in flags and not amd_zen4:
+        macs, isa = 32, "AVX-512BW, no VNNI (int16 VPMADDWD)"
+    elif "avx2" in flags or "avx512bw" in flags:
+        macs, isa = 16, "AVX2, no VNNI (int16 VPMADDWD)"
+    elif "asimddp" in flags:
+        macs, isa = 16, "NEON dot product (SDOT)"
+    elif "asimd" in flags or "neon" in flags:
+        macs, isa = 8, "NEON (SMLAL)"
+    else:
+        macs, isa = 8, "SSE (int16 PMADDWD)"
+    units = 2
+    return macs * 2 * units, f"{isa}: {macs} int8 MACs/instruction x 2 OP/MAC x {units} units (assumed)"
+
+
 def cpu_peak(cpuinfo_text: str, cores: int, max_mhz: float | None = None) -> dict:
     """The machine's FP32 peak: cores x FLOP/cycle x clock. `max_mhz` (cpufreq's maximum) wins over
     the clock /proc/cpuinfo reports, which on a VM is the nominal clock."""
@@ -67,10 +98,15 @@ def cpu_peak(cpuinfo_text: str, cores: int, max_mhz: float | None = None) -> dic
     if not mhz:
         raise BenchError("no CPU clock found in /proc/cpuinfo or cpufreq: cannot state the FP32 peak")
     per_core = per_cycle * mhz / 1e3  # GFLOP/s
+    i8_cycle, i8_how = int8_op_per_cycle(info)
+    i8_core = i8_cycle * mhz / 1e3  # GOP/s
     return {"cpu": info.get("model_name", "?"), "vendor": info.get("vendor", "?"), "cores": cores,
             "clock_mhz": mhz, "clock_source": source, "fp32_flop_per_cycle": per_cycle, "assumption": how,
             "peak_gflops_per_core": per_core, "peak_gflops": per_core * cores,
-            "formula": f"{cores} cores x {per_cycle} FLOP/cycle x {mhz / 1e3:.3f} GHz = {per_core * cores:.1f} GFLOP/s"}
+            "formula": f"{cores} cores x {per_cycle} FLOP/cycle x {mhz / 1e3:.3f} GHz = {per_core * cores:.1f} GFLOP/s",
+            "int8_op_per_cycle": i8_cycle, "int8_assumption": i8_how, "peak_int8_gops_per_core": i8_core,
+            "peak_int8_gops": i8_core * cores,
+            "int8_formula": f"{cores} cores x {i8_cycle} int8 OP/cycle x {mhz / 1e3:.3f} GHz = {i8_core * cores:.1f} GOP/s"}
 
 
 def host_peak() -> dict:

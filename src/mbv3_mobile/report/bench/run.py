@@ -20,10 +20,11 @@ from mbv3_mobile.pipeline.runner import check_params
 from mbv3_mobile.pipeline.spec import load_pipeline
 from mbv3_mobile.report.bench.common import BASELINE, QUICK, SCHEMA, BenchError
 from mbv3_mobile.report.bench.engines import EAGER_OPENER, LITERT_OPENER, Artifacts, Runtime, convert_litert
-from mbv3_mobile.report.bench.goals import evaluate_goals
+from mbv3_mobile.report.bench.goals import evaluate_goals, recommended_threads
 from mbv3_mobile.report.bench.host import host_peak, thread_counts, usable_cores
 from mbv3_mobile.report.bench.measure import export_timings, latency_rounds, probe, training_throughput
 from mbv3_mobile.report.bench.render import markdown, plot_goals, plot_latency
+from mbv3_mobile.report.bench.workload import resolve_models
 
 # ---------------------------------------------------------------- artifacts
 
@@ -70,7 +71,7 @@ def bench_input(art: Artifacts, p: dict) -> tuple[torch.Tensor, str]:
     return pics.normalized(ck.preprocessing), f"first picture of {pics.source}"
 
 
-def resolve_params(params: dict) -> tuple[dict, dict, dict]:
+def resolve_params(params: dict) -> tuple[dict, dict]:
     spec = load_pipeline("bench")
     p = check_params(spec, params)
     if p["quick"]:
@@ -82,11 +83,68 @@ def resolve_params(params: dict) -> tuple[dict, dict, dict]:
     for k in ("rounds", "iters", "train_rounds"):
         if p[k] < 1:
             raise BenchError(f"--{k.replace('_', '-')} must be >= 1, got {p[k]}")
-    return p, dict(spec.settings.get("goals", {})), dict(spec.settings.get("aims", {}))
+    for k in ("sweep_iters", "sweep_rounds"):
+        if p[k] < 1:
+            raise BenchError(f"--{k.replace('_', '-')} must be >= 1, got {p[k]}")
+    return p, dict(spec.settings.get("goals", {}))
 
 
 def run_bench(params: dict, *, progress: bool = True) -> tuple[dict, Path]:
-    p, goals, aims = resolve_params(params)
+    """Bench every model of `--models` (or the one `--checkpoint`), then `--sweep` if asked. One
+    model: (its report, its folder). Several: (the summary, the output folder), with workload.{json,md}
+    comparing them (goals per model, recommended threads)."""
+    p, goals = resolve_params(params)
+    log = print if progress else (lambda *_a, **_k: None)
+    models = resolve_models(p["models"], p["checkpoint"])
+    reports = {}
+    for label, checkpoint, note in models:
+        q = dict(p, checkpoint=checkpoint)
+        if note and not q.get("images"):
+            q["images"] = "samples"  # photo-like pictures for calibration and the label-free gates
+        q["train"] = label in p["train_models"] or (p["checkpoint"] and "checkpoint" in p["train_models"])
+        log(f"[bench] model {label}" + (f" ({note})" if note else ""))
+        reports[label] = bench_model(q, goals, label=label, weights_note=note, progress=progress)
+    sweep = None
+    if p["sweep"]:
+        from mbv3_mobile.report.bench.sweep import run_sweep
+
+        sweep = run_sweep(p, progress=progress)
+    if p["profile"]:
+        from mbv3_mobile.report.bench.profile import run_profile, write_profile
+
+        threads = thread_counts(p["threads"], usable_cores())
+        prof = run_profile("large", 1.0, 224, threads=threads, runs=p["profile_runs"], log=log)
+        write_profile(prof, Path(p["out"]) / "profile")
+        log(f"[bench] wrote {Path(p['out']) / 'profile' / 'profile.md'}")
+    if len(reports) == 1 and sweep is None:
+        return next(iter(reports.values()))
+    if len(reports) == 1:
+        return next(iter(reports.values()))[0], Path(p["out"])
+    from mbv3_mobile.report.bench.render import workload_markdown
+
+    summary = {"schema": SCHEMA + "+workload", "models": {k: r for k, (r, _) in reports.items()},
+               "folders": {k: str(f) for k, (_, f) in reports.items()}, "sweep": sweep}
+    out = Path(p["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "workload.json", {**summary, "models": {k: _brief(r) for k, (r, _) in reports.items()}})
+    md = workload_markdown(summary)
+    (out / "workload.md").write_text(md)
+    log("\n" + md)
+    log(f"[bench] wrote {out / 'workload.md'}")
+    return summary, out
+
+
+def _brief(r: dict) -> dict:
+    """A model's report without the per-iteration latencies (bench.json in its folder has them)."""
+    lat = {n: {"medians_ms": b["medians_ms"], "ratio_vs_eager": b["ratio_vs_eager"],
+               "rows": {k: {x: v for x, v in row.items() if x != "rounds_ms"} for k, row in b["rows"].items()}}
+           for n, b in r["latency"].items()}
+    keep = ("model", "model_key", "weights", "resolution", "macs", "params", "peak", "threads", "plan", "goals",
+            "recommended_threads", "delegation")
+    return {k: r.get(k) for k in keep} | {"latency": lat}
+
+
+def bench_model(p: dict, goals: dict, *, label: str, weights_note: str | None, progress: bool) -> tuple[dict, Path]:
     log = print if progress else (lambda *_a, **_k: None)
     cores = usable_cores()
     threads = thread_counts(p["threads"], cores)
@@ -96,7 +154,7 @@ def run_bench(params: dict, *, progress: bool = True) -> tuple[dict, Path]:
     resolved = art.resolved
     macs = resolved["macs"]
     x, picture = bench_input(art, p)
-
+    model_key = f"{(resolved.get('config') or {}).get('arch', '?')}-{int(x.shape[-1])}"
     runner, skipped = None, {}
     native = [k for k, rt in art.runtimes.items() if rt.native]
     if native and p["native"]:
@@ -126,22 +184,31 @@ def run_bench(params: dict, *, progress: bool = True) -> tuple[dict, Path]:
         log(f"[bench] load time / peak RSS: one fresh process per runtime, {max(threads)} threads")
         probes = {k: probe(art.runtimes[k], x, max(threads), p["probe_iters"], runner=runner) for k in keys}
         sizes = {k: rt.bytes for k, rt in art.runtimes.items()}
-    training = training_throughput(art, p, max(threads), log=log)
+    training = training_throughput(art, p, max(threads), log=log) if p.get("train", True) else \
+        {"skipped": "not timed for this model (--train-models)", "variants": {}}
     export = export_timings(p, art, cold=p["cold_export"], log=log)
     if litert_seconds:
         export["litert_convert_s"] = litert_seconds
     peak = host_peak()
 
     for n, block in latency.items():
-        for row in block["rows"].values():
+        for key, row in block["rows"].items():
             p50 = row["summary"]["p50_ms"]
             gflops = 2 * macs / (p50 / 1e3) / 1e9
             row.update(images_per_s=1e3 / p50, gflops=gflops,
                        fraction_of_peak=gflops / (peak["peak_gflops_per_core"] * n))
-        block["goals"] = evaluate_goals(block["medians_ms"], goals, aims)
+            if art.runtimes[key].precision == "int8":
+                row["fraction_of_int8_peak"] = gflops / (peak["peak_int8_gops_per_core"] * n)
+            row["fraction_of_roofline"] = row.get("fraction_of_int8_peak", row["fraction_of_peak"])
+    verdicts = evaluate_goals(latency, goals, model_key)
+    for n, block in latency.items():
+        block["goals"] = [g for g in verdicts if g["threads"] == str(n)]
+    recommended = {k: recommended_threads({n: latency[n]["rows"][k]["summary"] for n in latency
+                                           if k in latency[n]["rows"]}) for k in keys}
     android = art.results.get("android", {})
     report = {
-        "schema": SCHEMA, "model": resolved["model_name"], "resolution": int(x.shape[-1]), "macs": macs,
+        "schema": SCHEMA, "model": resolved["model_name"], "label": label, "model_key": model_key,
+        "weights": weights_note or "as given (the checkpoint's own weights)", "resolution": int(x.shape[-1]), "macs": macs,
         "params": resolved["params"], "input": {"image": picture, "images": p.get("images") or None, "eval_data": p.get("eval_data") or None},
         "cores": cores, "threads": threads, "plan": {k: p[k] for k in ("warmup", "rounds", "iters", "probe_iters", "quick")},
         "peak": peak, "baseline": BASELINE,
@@ -157,7 +224,8 @@ def run_bench(params: dict, *, progress: bool = True) -> tuple[dict, Path]:
             "native": "mbv3_runner --threads n",
             "ort": "SessionOptions.intra_op_num_threads = n, inter_op_num_threads = 1",
             "litert": "Interpreter(num_threads=n)"},
-        "goals": {"limits": goals, "aims": aims},
+        "goals": {"limits": goals, "judged_on": model_key, "verdicts": verdicts},
+        "recommended_threads": recommended,
         "loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg()),
         "wall_s": time.perf_counter() - t_start, **environment(),
     }

@@ -229,7 +229,7 @@ def load_bench(path: str | os.PathLike, folder: Path, manifest: dict, export: di
             "first_inference_ms": r.get("first_inference_ms", s.get("first_inference_ms")),
             "peak_rss_mb": r.get("peak_rss_mb", r.get("rss_mb")), "ratio_vs_baseline": r.get("ratio_vs_baseline"),
             "reliable": r.get("reliable"), "flags": list(r.get("flags") or []), "verified": None,
-            "source": str(path.resolve()), "reproduce": reproduce})
+            "recommended_threads": r.get("recommended_threads"), "source": str(path.resolve()), "reproduce": reproduce})
     if not any(r["matched_by"] for r in rows):
         raise ModelCardError(f"bench results {path} measured none of this folder's files "
                              f"({'; '.join(sorted(set(skipped))) or 'no rows'})")
@@ -255,7 +255,8 @@ def _bench_v1_rows(data: dict, path: Path) -> tuple[list[dict], str]:
                 out.append({"file": rt.get("file") or None, "baseline": key == baseline, "runtime": rt.get("label", key),
                             "threads": int(threads), "summary": row["summary"], "flags": flags, "reliable": not flags,
                             "load_ms": pr.get("load_ms"), "first_inference_ms": pr.get("first_inference_ms"),
-                            "peak_rss_mb": pr.get("peak_rss_mb"), "ratio_vs_baseline": ratio.get(key)})
+                            "peak_rss_mb": pr.get("peak_rss_mb"), "ratio_vs_baseline": ratio.get(key),
+                            "recommended_threads": ((data.get("recommended_threads") or {}).get(key) or {}).get("threads")})
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise ModelCardError(f"bench results {path} ({data.get('schema')}) are malformed: {exc!r}") from None
     return out, host

@@ -1,0 +1,195 @@
+"""Per-op profile of a .pte (fp32 and int8) with ExecuTorch's ETDump + devtools Inspector:
+`mbv3 bench --profile` (Large 1.0 @ 224 by default, 1 and 2 threads).
+
+The shipped .pte is one XNNPACK delegate, whose inside the pip runtime does not time. So, as the
+drift localisation in `export/executorch/debug.py` does, the same program is lowered again with
+`XnnpackPartitioner(per_op_mode=True)` (each op, or each quantized dq->op->q group, its own
+delegate call: the same kernels, minus cross-op fusion) and an ETRecord; ETDump times every
+delegate call and the Inspector maps it back to the edge graph's nodes. Op types are summed per
+inference (median over the runs). Statically, from the int8 edge graph: which compute ops run in
+fp32 between a dequantize and a quantize (XNNPACK converts qs8 -> fp32 -> qs8 around them).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+QDQ = ("quantize_per_tensor", "dequantize_per_tensor", "quantize_per_channel", "dequantize_per_channel",
+       "choose_qparams")
+LAYOUT = ("_to_dim_order_copy", "_to_copy", "clone", "permute", "view_copy", "expand_copy")
+
+
+def _op(node) -> str:
+    name = getattr(node.target, "__name__", str(node.target))
+    return name.split(".")[0] if name.count(".") <= 1 else name.rsplit(".", 2)[-2]
+
+
+def _is_qdq(name: str) -> bool:
+    return any(q in name for q in QDQ)
+
+
+def fp32_islands(edge_graph) -> dict[str, int]:
+    """{op: count} of compute ops in a quantized edge graph whose inputs come from a dequantize and
+    whose output feeds only quantize nodes, but which XNNPACK cannot run in int8: they run in fp32,
+    wrapped in qs8 <-> fp32 conversions. Judged from the partitioner's own precision list."""
+    from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
+    from executorch.backends.xnnpack.partition.config.xnnpack_config import ConfigPrecisionType
+
+    fp32_only = set()
+    for cfg in ALL_PARTITIONER_CONFIGS:
+        try:
+            types = cfg().supported_precision_types()
+        except Exception:  # noqa: BLE001 - a config may need arguments; it is not one of ours then
+            continue
+        if ConfigPrecisionType.STATIC_QUANT not in types:
+            fp32_only.add(cfg.target_name.split(".")[0])
+    out: dict[str, int] = defaultdict(int)
+    for n in edge_graph.nodes:
+        if n.op != "call_function":
+            continue
+        name = _op(n)
+        if _is_qdq(name) or name not in fp32_only:
+            continue
+        ins = [a for a in n.args if isinstance(a, torch.fx.Node)]
+        if ins and all(_is_qdq(_op(a)) for a in ins if a.op == "call_function"):
+            out[name] += 1
+    return dict(out)
+
+
+def profile_pte(program, x: torch.Tensor, threads: list[int], runs: int = 20) -> dict[int, dict]:
+    """Per-op-type time of `program` (an ExportedProgram) lowered per op (once), at each of `threads`:
+    {n: {"ops": {op type: {"ms": median per inference, "calls", "share"}}, "total_ms", "groups"}}."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner(per_op_mode=True)],
+                                       generate_etrecord=True)
+    manager = edge.to_executorch()
+    etrecord = manager.get_etrecord()
+    nodes = {}
+    for n in etrecord.edge_dialect_program.graph.nodes:
+        h = n.meta.get("debug_handle")
+        if n.op == "call_function" and isinstance(h, int):
+            nodes.setdefault(h, []).append(_op(n))
+    islands = fp32_islands(etrecord.edge_dialect_program.graph)
+    return {n: _profile_once(manager, etrecord, nodes, islands, x, n, runs) for n in threads}
+
+
+def _profile_once(manager, etrecord, nodes: dict, islands: dict, x: torch.Tensor, threads: int, runs: int) -> dict:
+    from executorch.devtools import Inspector
+    from executorch.extension.pybindings import portable_lib
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pte, dump, record = (str(Path(tmp) / n) for n in ("p.pte", "run.etdp", "etrecord.bin"))
+        Path(pte).write_bytes(manager.buffer)
+        etrecord.save(record)
+        portable_lib._unsafe_reset_threadpool(threads)
+        rt = portable_lib._load_for_executorch(pte, enable_etdump=True)
+        xi = (x[:1].float().contiguous(),)
+        for _ in range(3):
+            rt.forward(xi)
+        t0 = time.perf_counter()
+        for _ in range(runs):
+            rt.forward(xi)
+        wall_ms = (time.perf_counter() - t0) * 1e3 / runs
+        rt.write_etdump_result_to_file(dump)
+        inspector = Inspector(etdump_path=dump, etrecord=record)
+    per_run: list[dict[str, float]] = []
+    calls: dict[str, int] = defaultdict(int)
+    for block in inspector.event_blocks:
+        if block.name != "Execute":
+            continue
+        for event in block.events:
+            if event.perf_data is None or event.name == "Method::execute" or event.debug_handles is None:
+                continue
+            handles = [event.debug_handles] if isinstance(event.debug_handles, int) else list(event.debug_handles)
+            ops = sorted({o for h in handles for o in nodes.get(h, [])})
+            compute = [o for o in ops if not _is_qdq(o)]
+            key = "+".join(compute) if compute else "quantize/dequantize"
+            if compute and len(compute) < len(ops):
+                key += " (+q/dq)"
+            raw = event.perf_data.raw
+            while len(per_run) < len(raw):
+                per_run.append(defaultdict(float))
+            for i, v in enumerate(raw):
+                per_run[i][key] += v
+            calls[key] += 1
+    runs_seen = [r for r in per_run if r]
+    keys = sorted({k for r in runs_seen for k in r})
+    ops = {k: {"ms": statistics.median(r.get(k, 0.0) for r in runs_seen), "calls": calls[k]} for k in keys}
+    total = sum(v["ms"] for v in ops.values())
+    for v in ops.values():
+        v["share"] = v["ms"] / total if total else 0.0
+    return {"threads": threads, "runs": len(runs_seen), "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1]["ms"])),
+            "total_ms": total, "wall_ms_with_etdump": wall_ms, "groups": sum(calls.values()),
+            "fp32_islands": islands,
+            "time_unit": "ms (ETDump's ticks, as the Inspector converts them)"}
+
+
+def write_profile(r: dict, folder: Path) -> None:
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "profile.json").write_text(json.dumps(r, indent=2))
+    (folder / "profile.md").write_text(profile_markdown(r))
+
+
+def run_profile(arch: str = "large", width: float = 1.0, resolution: int = 224, threads: list[int] = (1, 2),
+                runs: int = 20, log=print) -> dict:
+    """Profiles of the fp32 and the int8 (PT2E PTQ, XNNPACKQuantizer) programs of a random-BN
+    model at each thread count, plus the fused (shipped) program's latency for reference."""
+    from mbv3_mobile.data.pictures import sample_photos
+    from mbv3_mobile.data.preprocess import preset
+    from mbv3_mobile.export.torch_export import export_program
+    from mbv3_mobile.quantize.pt2e import quantize_ptq
+    from mbv3_mobile.report.bench.workload import randomized_model
+
+    model = randomized_model(arch, width, resolution=resolution)
+    pre = preset("torchvision-v1")
+    photos = torch.nn.functional.interpolate(sample_photos(pre).normalized(pre), size=(resolution, resolution),
+                                             mode="bilinear", align_corners=False)
+    x = photos[:1]
+    with torch.no_grad():
+        programs = {"fp32": export_program(model, x),
+                    "int8": export_program(quantize_ptq(model, photos[:32], progress=False), x)}
+    out = {"model": f"{arch} {width:g} @ {resolution}", "profiles": {}}
+    for prec, program in programs.items():
+        log(f"[profile] {prec}: per-op lowering, then {runs} runs at {list(threads)} thread(s)")
+        for n, prof in profile_pte(program, x, list(threads), runs).items():
+            out["profiles"][f"{prec}@{n}"] = prof
+    return out
+
+
+def profile_markdown(r: dict) -> str:
+    lines = [f"# Per-op profile: {r['model']} .pte (ETDump + Inspector, per-op lowering)", "",
+             "Each op (or quantized dq->op->q group) lowered as its own XNNPACK delegate call, timed by ETDump; "
+             "medians per inference. Cross-op fusion is lost in this mode, so the total is above the shipped "
+             "program's latency: read shares, not absolute times.", ""]
+    for key, p in r["profiles"].items():
+        lines += [f"## {key} thread(s): {p['total_ms']:.2f} ms in {p['groups']} delegate calls "
+                  f"(wall with ETDump {p['wall_ms_with_etdump']:.2f} ms)", "",
+                  "| op type | ms / inference | share | calls |", "|---|---|---|---|"]
+        for op, v in p["ops"].items():
+            lines.append(f"| {op} | {v['ms']:.3f} | {v['share']:.1%} | {v['calls']} |")
+        fp32 = sum(v["ms"] for k, v in p["ops"].items() if "(+q/dq)" not in k and k != "quantize/dequantize")
+        conv = sum(v["ms"] for k, v in p["ops"].items() if k == "quantize/dequantize")
+        layout = sum(v["ms"] for k, v in p["ops"].items() if "_to_dim_order_copy" in k or "clone" in k)
+        total = p["total_ms"] or 1.0
+        if key.startswith("int8"):
+            lines += ["", f"Time in groups with no int8 op (fp32 compute inside the int8 program): {fp32 / total:.1%}; "
+                      f"in stand-alone quantize/dequantize conversions: {conv / total:.1%}; in groups holding a layout "
+                      f"conversion (_to_dim_order_copy / clone): {layout / total:.1%}."]
+        else:
+            lines += ["", f"Time in groups holding a layout conversion (_to_dim_order_copy / clone): {layout / total:.1%}."]
+        if p["fp32_islands"]:
+            lines += ["", "Compute ops that run in fp32 inside the int8 program (between dequantize and quantize; "
+                      "XNNPACK's partitioner has no int8 kernel for them): "
+                      + ", ".join(f"{k} x{v}" for k, v in p["fp32_islands"].items())]
+        lines.append("")
+    return "\n".join(lines)
