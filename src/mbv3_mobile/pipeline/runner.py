@@ -307,7 +307,8 @@ def _apply_gates(spec: PipelineSpec, result: StageResult, inconclusive: str) -> 
     if blocking:
         raise GateFailure(f"{what}: gate {'failed' if any(j['verdict'] == FAIL for j in blocking) else 'inconclusive'}, "
                           "nothing published:\n  - " + "\n  - ".join(f"{j['verdict']}: {j['message']}" for j in blocking)
-                          + f"\nfigures:\n{figures_text(result.meta['figures'])}")
+                          + f"\nfigures:\n{figures_text(result.meta['figures'])}"
+                          + (f"\n{result.meta['hint']}" if result.meta.get("hint") else ""))
 
 
 def _upstream(results: dict[str, StageResult], dep: str, variant: str | None) -> dict[str, StageResult]:

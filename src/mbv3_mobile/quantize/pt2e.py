@@ -166,7 +166,18 @@ def quantize_ptq(
     model is not modified. Returns the converted q/dq GraphModule (float in, float out); do not
     call .train()/.eval() on it (PT2E forbids it).
     """
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    return convert_pt2e(calibrate_ptq(model, calibration, batch_size=batch_size, progress=progress))
+
+
+@torch.no_grad()
+def calibrate_ptq(
+    model: nn.Module, calibration: torch.Tensor, *, batch_size: int = 64, progress: bool = True
+) -> torch.fx.GraphModule:
+    """The prepared PT2E graph with its observers calibrated on `calibration`, not yet converted:
+    one calibration serves every mixed-precision candidate (`quantize.mixed.convert_with_fp32`)."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
     _check_calibration(calibration, "PTQ")
     float_model = copy.deepcopy(model).eval()
@@ -175,7 +186,7 @@ def quantize_ptq(
     chunks = _batches(calibration, batch_size)
     for x in _bar(chunks, total=len(chunks), desc="PTQ calibration", enabled=progress):
         prepared(x)
-    return convert_pt2e(prepared)
+    return prepared
 
 
 # ---------------------------------------------------------------- QAT

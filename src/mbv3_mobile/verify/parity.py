@@ -25,6 +25,7 @@ from mbv3_mobile.pipeline.publish import environment, output_name, write_json
 from mbv3_mobile.pipeline.runner import check_params, preflight, run_pipeline
 from mbv3_mobile.pipeline.spec import GateFailure, PipelineError, PipelineSpec, load_pipeline
 from mbv3_mobile.pipeline.stages import eager_logits, load_resolved
+from mbv3_mobile.verify import sensitivity
 from mbv3_mobile.verify.compare import Candidate, compare_logits
 from mbv3_mobile.verify.drift import DriftReport, localize
 from mbv3_mobile.verify.gates import FAIL, INCONCLUSIVE, _fmt, check_gates, gate_verdict, with_bounds
@@ -72,6 +73,19 @@ def localise_entries(entries: list[Candidate], model: torch.nn.Module, image: to
             continue
         reports[entry.name] = localize(model, image, entry.module_outputs(image), thresholds[entry.gate])
     return reports
+
+
+def layer_report(entries: list[Candidate], model: torch.nn.Module, images: torch.Tensor,
+                 progress: bool) -> dict[str, list[sensitivity.LayerFidelity]]:
+    """Per-module fidelity of every reduced-precision row that exposes per-module outputs."""
+    report = {}
+    for entry in entries:
+        if entry.skipped or entry.gate == "fp32" or entry.module_outputs is None:
+            continue
+        if progress:
+            print(f"[parity] sensitivity: {entry.name} on {len(images)} pictures", flush=True)
+        report[entry.name] = sensitivity.layer_fidelity(model, entry, images)
+    return report
 
 
 def markdown(result: ParityResult, *, title: str, images: int, reference_top1: float | None) -> str:
@@ -180,6 +194,7 @@ def run_parity(params: dict, *, progress: bool = True) -> tuple[ParityResult, Pa
         reports = localise_entries(entries, model, images[:1], None if p["localize"] else failing, thresholds)
         result.localisation = {n: {"module": r.module, "relative_error": r.relative_error, "summary": r.summary(),
                                    "table": r.table()} for n, r in reports.items()}
+    fidelity = layer_report(entries, model, images[: p["sensitivity_pictures"]], progress) if p["sensitivity"] else {}
     name = output_name(p, resolved_meta)
     out = Path(p["out"]) / name
     ref_top1 = (reference.argmax(1) == y).double().mean().item() if y is not None else None
@@ -191,7 +206,13 @@ def run_parity(params: dict, *, progress: bool = True) -> tuple[ParityResult, Pa
             "params": {k: p[k] for k in ("formats", "pictures", "images", "eval_data")},
             "gates": {t: [r.describe() for r in rules] for t, rules in spec.gates.items()},
             "rows": result.rows, "failures": result.failures, "inconclusive": result.inconclusive,
-            "localisation": result.localisation, **environment()})
+            "localisation": result.localisation, **environment(),
+            **({"sensitivity": {"pictures": min(len(images), p["sensitivity_pictures"]),
+                                "rows": {n: [vars(f) for f in layers] for n, layers in fidelity.items()}}}
+               if fidelity else {})})
+        if fidelity:
+            md += "\n" + sensitivity.markdown(fidelity, min(len(images), p["sensitivity_pictures"]))
+            sensitivity.plot(fidelity, tmp / "sensitivity.png")
         (tmp / "parity.md").write_text(md)
         plot(result, tmp / "parity.png")
     from mbv3_mobile.report.card import refresh_cards

@@ -3,9 +3,11 @@ ExecuTorch Python runtime (and, for the bench, the native runner through each .b
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
-from mbv3_mobile.export.executorch.debug import debug_module_outputs
+from mbv3_mobile.export.executorch.debug import DebugProgram
 from mbv3_mobile.export.executorch.runtime import run_pte
 from mbv3_mobile.export.executorch.stages import load_program
 from mbv3_mobile.verify.compare import Candidate
@@ -26,7 +28,7 @@ def parity_entries(results: dict) -> list[Candidate]:
         entries.append(Candidate(f"pte {r.variant} (ExecuTorch)", "fp32" if r.variant == "fp32" else "int8", FORMAT,
                                  run=lambda x, p=pte: run_pte(p, x),
                                  # drift localisation: the program this .pte was lowered from, through ETDump
-                                 module_outputs=lambda x, p=program: debug_module_outputs(load_program(p), x)))
+                                 module_outputs=lambda x, p=str(program): _debug_program(p)(x)))
     return entries
 
 
@@ -45,6 +47,12 @@ def bench_runtimes(results: dict) -> list[dict]:
         rows.append({"key": f"pte_{precision}_native", "label": f".pte XNNPACK {precision} (native runner)",
                      "precision": precision, "file": results[f"bundle[{r.variant}]"].out("bpte"), "native": True})
     return rows
+
+
+@functools.lru_cache(maxsize=4)
+def _debug_program(path: str) -> DebugProgram:
+    """One per-op debug lowering per program file, however many pictures are localised with it."""
+    return DebugProgram(load_program(path))
 
 
 def _batched(module, x: torch.Tensor) -> torch.Tensor:

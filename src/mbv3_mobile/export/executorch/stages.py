@@ -15,7 +15,7 @@ from mbv3_mobile.export.executorch.runtime import run_pte
 from mbv3_mobile.export.torch_export import export_program
 from mbv3_mobile.pipeline.runner import StageContext
 from mbv3_mobile.pipeline.spec import PipelineError
-from mbv3_mobile.pipeline.stages import load_resolved, stage_pictures, verify_against_eager
+from mbv3_mobile.pipeline.stages import gate_table, load_resolved, stage_pictures, verify_against_eager
 from mbv3_mobile.quantize import pt2e as q
 
 QUANT_CHOICES = ("fp32", "ptq", "qat")
@@ -49,7 +49,8 @@ def quantize(ctx: StageContext) -> dict:
         ctx.log(f"PT2E {ctx.variant.upper()} with XNNPACKQuantizer, {len(calib)} real calibration pictures "
                 f"from {calib_pics.source}")
         if ctx.variant == "ptq":
-            model = q.quantize_ptq(model, calib, progress=ctx.progress)
+            prepared = q.calibrate_ptq(model, calib, progress=ctx.progress)
+            model, info["mixed_precision"] = _int8_fallback(ctx, model, prepared, calib_pics.labelled)
         else:
             train = stage_pictures(ctx, "train")
             cfg = q.QATConfig(steps=ctx.params["qat_steps"], lr=ctx.params["qat_lr"], seed=ctx.params["seed"])
@@ -63,6 +64,32 @@ def quantize(ctx: StageContext) -> dict:
         program = export_program(model, torch.zeros(1, 3, pre.resolution, pre.resolution))
     torch.export.save(program, ctx.out("program"))
     return info
+
+
+def _int8_fallback(ctx: StageContext, model, prepared, labelled: bool):
+    """--int8-fallback: all int8, or the fewest layers in fp32 that bring the PTQ model inside its
+    gate on held-out calibration-source pictures (a seed apart from calibration's)."""
+    from mbv3_mobile.quantize import mixed
+
+    mode = ctx.params["int8_fallback"]
+    if mode == "off":
+        return mixed.fallback(prepared, model, None, None, (), "off")
+    _, pre, _ = load_resolved(ctx.inputs["resolve"])
+    held = stage_pictures(ctx, "calib", limit=ctx.params["fallback_images"], seed=ctx.params["seed"] + 1)
+    rules = ctx.gates.get(gate_table(ctx, "ptq", held.labelled), ())
+    try:
+        graph, info = mixed.fallback(prepared, model, held.normalized(pre), held.labels, rules, mode,
+                                     max_layers=ctx.params["int8_fallback_max"], log=ctx.log)
+    except ValueError as exc:
+        raise PipelineError(str(exc)) from None
+    return graph, {**info, "held_out": held.describe()}
+
+
+def quantize_fingerprint(ctx: StageContext):
+    """The automatic fallback judges with the PTQ gate tables: a changed gate re-decides the layers."""
+    if ctx.variant == "ptq" and ctx.params.get("int8_fallback") == "auto":
+        return {t: [r.describe() for r in ctx.gates.get(t, ())] for t in ("ptq", "ptq_unlabelled")}
+    return None
 
 
 def lower(ctx: StageContext) -> dict:
@@ -79,9 +106,12 @@ def verify(ctx: StageContext) -> dict:
     test set vs eager fp32. Judged by the runner against [gates.<variant>]."""
     pte = ctx.inputs["lower"].out("pte")
     fp32 = ctx.variant == "fp32"
-    return verify_against_eager(
+    hint = {"ptq": "to recover int8 fidelity: --int8-fallback auto (the fewest most sensitive layers in fp32, chosen "
+                   "on held-out pictures), more --calib-images, or --quant qat; `mbv3 parity --sensitivity` shows "
+                   "where error enters"}.get(ctx.variant)
+    return {**({"hint": hint} if hint else {}), **verify_against_eager(
         ctx, f".pte {ctx.variant} (ExecuTorch runtime)", lambda x, _pre: run_pte(pte, x, progress=ctx.progress),
-        limit=ctx.params["parity_images"] if fp32 else None, gate=ctx.variant, artifact=pte)
+        limit=ctx.params["parity_images"] if fp32 else None, gate=ctx.variant, artifact=pte)}
 
 
 def bundle(ctx: StageContext) -> dict:

@@ -65,6 +65,8 @@ def build_card(folder: str | os.PathLike, *, parity: str | os.PathLike | None = 
                          "gate_table": (pictures.get(variant) or {}).get("gate_table"),
                          **{k: f.get(k) for k in FIGURE_KEYS + LABELLED_KEYS + ("mean_abs_dlogit", "snr_db", "bounds", "counts")},
                          "gate": (manifest.get("variants") or {}).get(variant, {}).get("gate"),
+                         "fp32_layers": ((manifest.get("variants") or {}).get(variant, {}).get("mixed_precision") or {})
+                         .get("fp32_layers"),
                          "reproduce": export_cmd})
     # ONNX packages ship each variant twice (.onnx and ORT format), each verified on its own.
     for variant, o in ((manifest.get("ort") or {}).get("variants") or {}).items():

@@ -87,7 +87,9 @@ def markdown(card: dict) -> str:
                  f"{_fmt('snr_db', a.get('snr_db'))} | {a['max_abs_dlogit']:.2e} | {a['min_cosine']:.6f} | {_verdict(a.get('gate'))} |")
     if card["accuracy"]:
         a = card["accuracy"][0]
-        L += [""] + [f"- {x['variant']}: {x['data']}, gate table `{x.get('gate_table') or '?'}`" for x in card["accuracy"]]
+        L += [""] + [f"- {x['variant']}: {x['data']}, gate table `{x.get('gate_table') or '?'}`"
+                     + (f"; mixed precision, kept in fp32: {', '.join(f'`{n}`' for n in x['fp32_layers'])}"
+                        if x.get("fp32_layers") else "") for x in card["accuracy"]]
         L += ["", f"Evaluated in: {a['runtime']}. A negative drop means the variant scored "
               "higher than eager fp32 on these pictures. Bounds are one-sided 95 % bounds (Tango's score bounds for "
               "the paired drop, Wilson for agreement); counts are in model_card.json."]
@@ -144,6 +146,12 @@ def markdown(card: dict) -> str:
         skipped = [n for src in sec.get("sources", []) for n in src.get("not_measured") or []]
         if skipped:
             L += [""] + [f"- not measured: {n['artifact']} in {n['runtime']} ({n['reason']})" for n in skipped]
+        picked = {(r["artifact"], r["runtime"]): r["recommended_threads"] for r in sec["rows"]
+                  if r.get("recommended_threads") and r.get("matched_by")}
+        if picked:
+            L += ["", "Recommended threads (the fastest count measured, only where it beats fewer threads by more than "
+                  "the noise; else the smaller count):"]
+            L += [f"- {artifact} in {runtime}: **{n}**" for (artifact, runtime), n in picked.items()]
         if section == "host" and any(r.get("ratio_vs_baseline") is not None for r in sec["rows"]):
             L += ["", "On a shared host the ratios to eager PyTorch (timed interleaved in the same run) are the "
                   "stable figures; absolute milliseconds move with the machine's load."]

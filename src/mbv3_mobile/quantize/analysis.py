@@ -1,0 +1,117 @@
+"""Where int8 loses fidelity: per-module SNR of a converted PT2E graph against eager fp32, and the
+logits' SNR when single layers are left in fp32 (sensitivity). Reads the graph itself (PT2E keeps
+every node's `nn_module_stack`), so no runtime is involved: the reference q/dq math that XNNPACK
+implements.
+
+A module's int8 output is the value its consumers see: its last compute node's output after the
+quantize -> dequantize pair that follows it, so the output rounding of each layer is counted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+def _is_qdq(node: torch.fx.Node) -> bool:
+    return "quantize_per_" in str(node.target) or "dequantize_per_" in str(node.target)
+
+
+def _module_path(node: torch.fx.Node) -> str | None:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return None
+    path = list(stack.values())[-1][0]
+    import re
+
+    path = re.sub(r"^L\['self'\]\.?", "", path)
+    path = re.sub(r"\[['\"]?([^\]'\"]+)['\"]?\]", r".\1", path)
+    return path.strip(".") or None
+
+
+def _after_requant(node: torch.fx.Node) -> torch.fx.Node:
+    """The dequantize that follows `node`'s re-quantization, when there is one (its consumers' view)."""
+    users = list(node.users)
+    if len(users) == 1 and "quantize_per_" in str(users[0].target) and "dequantize" not in str(users[0].target):
+        deq = [u for u in users[0].users if "dequantize_per_" in str(u.target)]
+        if deq:
+            return deq[0]
+    return node
+
+
+def graph_module_outputs(graph: torch.fx.GraphModule, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{module path: output} of a converted PT2E graph for a batch, each module's output taken after
+    its own output quantization."""
+    last: dict[str, torch.fx.Node] = {}
+    for node in graph.graph.nodes:
+        if node.op != "call_function" or _is_qdq(node):
+            continue
+        path = _module_path(node)
+        if not path:
+            continue
+        parts = path.split(".")
+        for i in range(1, len(parts) + 1):
+            last[".".join(parts[:i])] = node
+    wanted = {_after_requant(n): [] for n in last.values()}
+    for module, node in last.items():
+        wanted[_after_requant(node)].append(module)
+    values: dict[str, torch.Tensor] = {}
+
+    class Capture(torch.fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            if n in wanted and isinstance(out, torch.Tensor):
+                for module in wanted[n]:
+                    values[module] = out.detach()
+            return out
+
+    with torch.no_grad():
+        Capture(graph).run(images)
+    return values
+
+
+def eager_module_outputs(model: nn.Module, images: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+    outputs: OrderedDict[str, torch.Tensor] = OrderedDict()
+    hooks = [m.register_forward_hook(lambda _m, _i, out, n=name: outputs.__setitem__(n, out.detach()))
+             for name, m in model.named_modules() if name]
+    try:
+        with torch.no_grad():
+            model.eval()(images)
+    finally:
+        for h in hooks:
+            h.remove()
+    return outputs
+
+
+def snr_db(reference: torch.Tensor, candidate: torch.Tensor) -> float:
+    noise = (candidate.double() - reference.double()).pow(2).sum().item()
+    signal = reference.double().pow(2).sum().item()
+    return math.inf if noise == 0 else 10 * math.log10(max(signal, 1e-300) / noise)
+
+
+@dataclass
+class LayerSNR:
+    module: str
+    kind: str
+    snr_db: float
+
+
+def per_module_snr(model: nn.Module, graph: torch.fx.GraphModule, images: torch.Tensor,
+                   kinds: tuple[type, ...] = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.Hardswish, nn.Hardsigmoid,
+                                              nn.ReLU)) -> list[LayerSNR]:
+    """SNR (dB) of each module's int8 output against eager, in execution order: where error enters
+    (a drop from one layer to the next) and where it grows."""
+    eager = eager_module_outputs(model, images)
+    quant = graph_module_outputs(graph, images)
+    modules = dict(model.named_modules())
+    out = []
+    for name, ref in eager.items():
+        got = quant.get(name)
+        if got is None or got.shape != ref.shape or not isinstance(modules.get(name), kinds):
+            continue
+        out.append(LayerSNR(name, type(modules[name]).__name__, snr_db(ref, got)))
+    return out
