@@ -161,3 +161,19 @@ def test_unknown_int8_format_or_ort_style_is_refused_before_any_stage(trained_ci
             run_pipeline(load_pipeline("onnx"), {"checkpoint": str(trained_ci_checkpoint), "out": str(tmp_path),
                                                  **params}, progress=False)
     assert not any(tmp_path.iterdir())
+
+
+def test_sensitivity_of_the_int8_graph_reads_every_module_as_itself(onnx_run, eval_pictures, tmp_path):
+    # ORT's quantizer hands a dropped Relu's output name to its Conv: that value must not pass as the ReLU's
+    from mbv3_mobile.export.onnx.runners import parity_entries
+    from mbv3_mobile.verify import sensitivity
+
+    results, _, _ = onnx_run
+    model, x, _ = eval_pictures
+    int8 = next(c for c in parity_entries(results) if c.name == "onnx int8 (onnxruntime)")
+    layers = sensitivity.layer_fidelity(model, int8, x[:2])
+    assert len(layers) > 30 and all(f.snr_db > 10 for f in layers), [(f.module, f.snr_db) for f in layers if f.snr_db <= 10]
+    worst = sensitivity.worst_entries(layers)
+    assert worst and all(f.entered_db > 0 for f in worst) and worst == sorted(worst, key=lambda f: -f.entered_db)
+    sensitivity.plot({int8.name: layers}, tmp_path / "s.png")
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG" and "| module | kind |" in sensitivity.markdown({int8.name: layers}, 2)

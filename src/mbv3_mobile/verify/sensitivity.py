@@ -26,7 +26,7 @@ class LayerFidelity:
     module: str
     kind: str
     snr_db: float
-    entered_db: float  # SNR lost at this module (previous compared module's SNR minus this one's; >= 0 means loss)
+    entered_db: float  # SNR lost at this module (its input's SNR minus its output's); nan where the input is not known
 
 
 def _db(signal: float, noise: float) -> float:
@@ -40,9 +40,11 @@ def layer_fidelity(model: torch.nn.Module, entry: Candidate, images: torch.Tenso
         raise ValueError(f"{entry.name}: this runtime exposes no per-module outputs")
     modules = dict(model.named_modules())
     sums: dict[str, list[float]] = {}
+    eager_order: list[str] = []
     for i in range(len(images)):
         image = images[i : i + 1]
         eager = eager_module_outputs(model, image)
+        eager_order = list(eager)
         got = folded_batchnorm(model, entry.module_outputs(image))
         for path, ref in eager.items():
             value = got.get(path)
@@ -52,18 +54,32 @@ def layer_fidelity(model: torch.nn.Module, entry: Candidate, images: torch.Tenso
             s = sums.setdefault(path, [0.0, 0.0])
             s[0] += float((ref64**2).sum())
             s[1] += float(((value.astype(np.float64).reshape(ref.shape) - ref64) ** 2).sum())
-    out, previous = [], None
-    for path, (signal, noise) in sums.items():
-        snr = _db(signal, noise)
-        entered = 0.0 if previous is None or math.isinf(previous) or math.isinf(snr) else previous - snr
+    # "Lost here" needs the module's input: taken as the previous module in eager order, only when
+    # that one was compared too and feeds it (not across a gap, and not from the SE gate's
+    # Hardsigmoid, whose output multiplies the main path rather than feeding the next module).
+    order = [p for p in eager_order if isinstance(modules.get(p), KINDS)]
+    out = []
+    for path in (p for p in order if p in sums):
+        snr = _db(*sums[path])
+        j = order.index(path) - 1
+        while j >= 0 and order[j] not in sums and _folded(modules, order, j):
+            j -= 1  # a conv folded into its BN reports nothing: its input is the module before it
+        before = order[j] if j >= 0 else None
+        feeds = before in sums and not isinstance(modules[before], torch.nn.Hardsigmoid)
+        prev = _db(*sums[before]) if feeds else math.nan
+        entered = prev - snr if math.isfinite(prev) and math.isfinite(snr) else math.nan
         out.append(LayerFidelity(path, type(modules[path]).__name__, snr, entered))
-        previous = snr
     return out
+
+
+def _folded(modules: dict, order: list[str], j: int) -> bool:
+    return (isinstance(modules[order[j]], torch.nn.Conv2d) and j + 1 < len(order)
+            and isinstance(modules[order[j + 1]], torch.nn.BatchNorm2d))
 
 
 def worst_entries(layers: list[LayerFidelity], limit: int = 5) -> list[LayerFidelity]:
     """The modules where the most SNR is lost (error enters), largest first."""
-    return sorted(layers, key=lambda f: -f.entered_db)[:limit]
+    return sorted((f for f in layers if math.isfinite(f.entered_db) and f.entered_db > 0), key=lambda f: -f.entered_db)[:limit]
 
 
 def markdown(report: dict[str, list[LayerFidelity]], pictures: int) -> str:
@@ -75,7 +91,8 @@ def markdown(report: dict[str, list[LayerFidelity]], pictures: int) -> str:
         lines += [f"### {name}", "", f"{len(layers)} modules compared; last module {final:.1f} dB. Largest losses: "
                   + ", ".join(f"`{f.module}` {f.entered_db:.1f} dB" for f in worst_entries(layers)), "",
                   "| module | kind | SNR dB | lost dB |", "|---|---|---|---|"]
-        lines += [f"| {f.module} | {f.kind} | {f.snr_db:.1f} | {f.entered_db:+.1f} |" for f in layers]
+        lines += [f"| {f.module} | {f.kind} | {f.snr_db:.1f} | "
+                  f"{f'{f.entered_db:+.1f}' if math.isfinite(f.entered_db) else '–'} |" for f in layers]
         lines.append("")
     return "\n".join(lines)
 

@@ -80,7 +80,11 @@ def module_scopes(path: str | os.PathLike) -> dict[str, list[str]]:
         names = [s for s in ast.literal_eval(meta["pkg.torch.onnx.name_scopes"])[:-1] if s]  # last entry: the op
         for out in node.output:
             scopes[out] = names
+            scopes[_OP_KEY + out] = [node.op_type]
     return scopes
+
+
+_OP_KEY = "\0op:"  # scopes also remember which op made each value (not a valid ONNX value name)
 
 
 def module_outputs(path: str | os.PathLike, image: torch.Tensor, scopes: dict[str, list[str]]) -> dict[str, np.ndarray]:
@@ -91,6 +95,12 @@ def module_outputs(path: str | os.PathLike, image: torch.Tensor, scopes: dict[st
     from mbv3_mobile.verify.drift import outputs_by_module
 
     values = intermediate_outputs(path, image[:1])
-    ordered = [(scopes[name][-1], values[name]) for node in onnx.load(str(path)).graph.node
+    # A value counts only when the op making it here is the one the exporter tagged: quantizers and
+    # optimisers reuse names (ORT's QDQ quantizer drops a Relu after a Conv and gives the Conv its
+    # output name, so that value is the pre-ReLU one).
+    # Such a value is recorded as unknown (None), so that its module's containers are not given an
+    # earlier value either.
+    ordered = [(scopes[name][-1], values[name] if scopes.get(_OP_KEY + name, [node.op_type])[0] == node.op_type else None)
+               for node in onnx.load(str(path)).graph.node
                for name in node.output if scopes.get(name) and name in values]
-    return outputs_by_module(ordered)
+    return {k: v for k, v in outputs_by_module(ordered).items() if v is not None}
