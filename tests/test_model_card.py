@@ -71,7 +71,10 @@ def test_published_card_states_the_manifest(published, trained_ci_checkpoint, ca
     assert f"{m['params']:,}" in md and f"{m['macs'] / 1e6:.2f} M" in md
     # Accuracy: one row per variant, figures equal to the manifest's, each with its file and runtime.
     rows = {a["variant"]: a for a in card["accuracy"]}
-    assert set(rows) == set(manifest["figures"]) == {"fp32", "int8"}
+    # (an ONNX folder also ships each variant as .ort, verified on its own: a row each)
+    assert set(rows) == set(manifest["figures"]) | {f"{v} (.ort)" for v in manifest["ort"]["variants"]}
+    assert set(manifest["figures"]) == {"fp32", "int8"}
+    assert rows["int8 (.ort)"]["top1"] == manifest["ort"]["variants"]["int8"]["figures"]["top1"]
     for v, fig in manifest["figures"].items():
         for k in ("images", "top1", "reference_top1", "top1_drop", "top1_agreement", "max_abs_dlogit", "min_cosine", "bounds"):
             assert rows[v][k] == fig[k], (v, k)

@@ -22,7 +22,6 @@ from mbv3_mobile.data.datasets import (
     ArrayDataset,
     DataError,
     ImageFolderDataset,
-    balanced_subset,
     load_fashion_mnist,
 )
 from mbv3_mobile.data.pictures import Pictures, load_pictures, sample_photos
@@ -33,12 +32,23 @@ SAMPLES = "samples"
 
 def limited(ds: ArrayDataset, limit: int | None, seed: int) -> ArrayDataset:
     """Exactly `limit` images, spread evenly over the classes (seeded), in dataset order."""
+    keep = chosen_indices(ds, limit, seed)
+    return ds if keep is None else ds.subset(keep)
+
+
+def chosen_indices(ds: ArrayDataset, limit: int | None, seed: int) -> torch.Tensor | None:
+    """The indices `limited` keeps (None: all): `balanced_subset`'s pick, then `limit` of those."""
     if limit is None or limit >= len(ds):
-        return ds
+        return None
     per_class = -(-limit // len(ds.classes))
-    pool = balanced_subset(ds, per_class, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    picks = []
+    for c in range(len(ds.classes)):  # as balanced_subset, keeping the indices
+        idx = torch.nonzero(ds.labels == c).flatten()
+        picks.append(idx[torch.randperm(len(idx), generator=gen)[:per_class]])
+    pool = torch.cat(picks).sort().values
     keep = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:limit]
-    return pool.subset(keep.sort().values)
+    return pool[keep.sort().values]
 
 
 def _at_resolution(images: torch.Tensor, resolution: int) -> torch.Tensor:
@@ -73,8 +83,11 @@ def labelled_pictures(spec: str, pre: Preprocessing, labels: list[str], *, split
             f"the classes of {source} {list(ds.classes)[:5]}... are not the model's labels {list(labels)[:5]}...; "
             "give labelled pictures of the model's classes (an ImageFolder: DIR/<label>/*.jpg), or unlabelled "
             "pictures with --images DIR")
-    ds = limited(ds, limit, seed)
-    return Pictures(_at_resolution(ds.images, pre.resolution), [f"{source}#{i}" for i in range(len(ds))], source,
+    keep = chosen_indices(ds, limit, seed)
+    ds = ds if keep is None else ds.subset(keep)
+    # names carry each picture's index in the full split, so a manifest says which pictures were used
+    index = range(len(ds)) if keep is None else keep.tolist()
+    return Pictures(_at_resolution(ds.images, pre.resolution), [f"{source}#{i}" for i in index], source,
                     ds.labels.clone(), tuple(ds.classes))
 
 

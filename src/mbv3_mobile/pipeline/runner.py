@@ -2,7 +2,7 @@
 
 A stage instance's cache key is the sha256 of: its name and function, the source of every project
 module that function can reach (`pipeline.code`), the values of the parameters it declares, the
-content of the files/folders its `deps` parameters name, the keys of its upstream instances, its
+content of the files/folders its `deps` parameters name, the keys and recorded output sha256s of its upstream instances, its
 optional `<function>_fingerprint` hook, and the tool versions. Gates are in no key: a verify stage
 records figures and the name of its gate table, and the runner checks them against the pipeline's
 current gates on every run, fresh or cached, so changing a threshold re-judges without
@@ -188,7 +188,9 @@ def _stage_key(spec, st, fn, code, variant, params, inputs, results, versions, p
     key_data = {
         "pipeline": spec.name, "stage": st.name, "variant": variant, "run": st.run, "code": code,
         "params": stage_params, "deps": {p: path_fingerprint(params[p]) for p in st.deps},
-        "inputs": {k: v.key for k, v in sorted(inputs.items())},
+        # an input is its key and the bytes it holds: some tools write different bytes for the same
+        # input (ORT's .ort serialiser does), so a rebuilt upstream entry must re-run what measured it
+        "inputs": {k: [v.key, v.meta.get("files")] for k, v in sorted(inputs.items())},
         "fingerprint": hook(probe) if hook else None, "versions": versions,
     }
     key = hashlib.sha256(json.dumps(key_data, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -79,10 +79,15 @@ def simplify_onnx(src: str | os.PathLike, dst: str | os.PathLike) -> dict:
 
 
 INT8_FORMATS = ("qdq", "qoperator")
+# Activation range calibration. Percentile (99.999 %) was chosen by measurement: embedded default,
+# 10k test pictures, 300 calibration pictures: min-max 92.80 % (drop +0.37 pt, 22.8 dB), entropy the
+# same, min-max with moving average 92.99 % (12.1 dB), percentile 93.10 % (+0.07 pt, 23.9 dB).
+INT8_CALIBRATIONS = ("percentile", "minmax", "entropy")
+PERCENTILE = 99.999
 
 
 def quantize_onnx_int8(src: str | os.PathLike, dst: str | os.PathLike, calibration: torch.Tensor, *,
-                       quant_format: str = "qdq", per_channel: bool = True) -> dict:
+                       quant_format: str = "qdq", per_channel: bool = True, calibration_method: str = "percentile") -> dict:
     """ONNX Runtime static int8: symmetric QInt8 weights (per channel or per tensor), QUInt8
     activations (QInt8 activations ran ~2.4x slower on this CPU, and NNAPI takes uint8 ones),
     calibrated on real images; after `quant_pre_process` (shape inference + graph optimisation) as
@@ -91,7 +96,13 @@ def quantize_onnx_int8(src: str | os.PathLike, dst: str | os.PathLike, calibrati
     com.microsoft QLinearMul / QGemm / QLinearGlobalAveragePool, which NNAPI lacks)."""
     import tempfile
 
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
@@ -110,8 +121,12 @@ def quantize_onnx_int8(src: str | os.PathLike, dst: str | os.PathLike, calibrati
             quantize_static(
                 str(pre), str(tmp), Reader(), quant_format=fmt, per_channel=per_channel,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+                calibrate_method={"percentile": CalibrationMethod.Percentile, "minmax": CalibrationMethod.MinMax,
+                                  "entropy": CalibrationMethod.Entropy}[calibration_method],
+                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
+                               **({"CalibPercentile": PERCENTILE} if calibration_method == "percentile" else {})},
             )
     return {"calibration_images": int(len(calibration)), "format": {"qdq": "QDQ", "qoperator": "QOperator"}[quant_format],
             "weights": f"QInt8 {'per-channel' if per_channel else 'per-tensor'} symmetric",
-            "activations": "QUInt8 asymmetric"}
+            "activations": "QUInt8 asymmetric",
+            "activation_ranges": f"{calibration_method}" + (f" {PERCENTILE}" if calibration_method == "percentile" else "")}

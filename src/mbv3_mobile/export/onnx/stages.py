@@ -23,7 +23,7 @@ def check_params(spec, params: dict) -> None:
     bad = [v for v in params.get("variants", []) if v not in VARIANTS]
     if bad:
         raise PipelineError(f"--variants {','.join(bad)}: not one of {', '.join(VARIANTS)}")
-    for key, allowed in (("int8_format", ox.INT8_FORMATS), ("ort_style", ORT_STYLES)):
+    for key, allowed in (("int8_format", ox.INT8_FORMATS), ("ort_style", ORT_STYLES), ("int8_calibration", ox.INT8_CALIBRATIONS)):
         if key in params and params[key] not in allowed:
             raise PipelineError(f"--{key.replace('_', '-')} {params[key]}: not one of {', '.join(allowed)}")
 
@@ -62,7 +62,8 @@ def quantize(ctx: StageContext) -> dict:
     fmt, per_channel = ctx.params["int8_format"], ctx.params["int8_per_channel"]
     ctx.log(f"ORT static int8 ({fmt}, {'per-channel' if per_channel else 'per-tensor'} weights), calibrating on "
             f"{len(pics)} real pictures from {pics.source}")
-    info = ox.quantize_onnx_int8(src, ctx.out("model"), pics.normalized(pre), quant_format=fmt, per_channel=per_channel)
+    info = ox.quantize_onnx_int8(src, ctx.out("model"), pics.normalized(pre), quant_format=fmt, per_channel=per_channel,
+                                 calibration_method=ctx.params["int8_calibration"])
     return {"quantization": {**info, "calibration": pics.describe()}}
 
 
