@@ -25,13 +25,15 @@ model_card.json (schema "mbv3-model-card/1"), top-level keys:
              epochs?, summary?, run_folder?, reproduce?}
   export: {pipeline, params (effective), overrides (non-default), exact (bool), reproduce}
   accuracy: [{variant, artifact, runtime, data?, images, top1, reference_top1, top1_drop_pts,
-              top1_agreement, max_abs_logit_diff, mean_abs_logit_diff, min_cosine, gate?, reproduce}]
+              top1_agreement, max_abs_logit_diff, mean_abs_logit_diff, min_cosine, gate?,
+              fp32_layers? (PTQ mixed precision), reproduce}]  -- ONNX folders add "<variant> (.ort)" rows
   parity: null | {source, sha256, model, images, data, reference_top1, rows: [{format, precision,
               top1, top1_drop_pts, top1_agreement, max_abs_logit_diff, mean_abs_logit_diff,
               min_cosine, gate} | {format, precision, skipped}], failures, reproduce}
   latency: {host: {status: "measured"|"not measured", rows, sources}, devices: {status, rows, sources}}
            a row: {target, device, artifact, runtime, threads, p50_ms, p90_ms, min_ms, load_ms,
-                   first_inference_ms, peak_rss_mb, reliable, flags, verified, source, reproduce}
+                   first_inference_ms, peak_rss_mb, reliable, flags, verified, recommended_threads?,
+                   source, reproduce}  (recommended_threads: the bench's pick for that artifact/runtime)
   sizes: [{path, bytes, sha256 | files (a directory), reproduce}]  (manifest.json included)
   versions: manifest's {versions, platform, machine} (the machine that exported and verified)
   gates: the pipeline's gates
