@@ -67,3 +67,12 @@ def test_off_and_named_layers(pushed):
     assert named["units"] == named["fp32_layers"] == ["features.0.0"] and named["chosen"]["snr_db"] > named["all_int8"]["snr_db"] - 1
     with pytest.raises(ValueError, match="features.99.conv is not a quantized layer"):
         mixed.fallback(prepared, model, held, labels, RULES, "features.99.conv")
+
+
+def test_a_malformed_fallback_is_refused_before_any_stage():
+    from mbv3_mobile.export.executorch.stages import check_params
+    from mbv3_mobile.pipeline.spec import PipelineError
+
+    check_params(None, {"quant": ["ptq"], "int8_fallback": "features.0.0,features.2.block.1.0"})
+    with pytest.raises(PipelineError, match="use auto, off, or comma-separated layer paths"):
+        check_params(None, {"quant": ["ptq"], "int8_fallback": "the stem please"})

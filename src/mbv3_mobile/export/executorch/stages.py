@@ -4,6 +4,8 @@ same .pte bytes. Packaging is `package.py`."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import torch
 
@@ -26,6 +28,12 @@ def check_params(spec, params: dict) -> None:
     bad = [v for v in params.get("quant", []) if v not in QUANT_CHOICES]
     if bad:
         raise PipelineError(f"--quant {','.join(bad)}: not one of {', '.join(QUANT_CHOICES)}")
+    mode = str(params.get("int8_fallback", "off"))
+    if mode not in ("off", "auto") and not re.fullmatch(r"[\w.]+(,[\w.]+)*", mode.replace(" ", "")):
+        raise PipelineError(f"--int8-fallback {mode!r}: use auto, off, or comma-separated layer paths "
+                            "(e.g. features.0.0,features.1.block.0.0; `mbv3 parity --sensitivity` lists them)")
+    if params.get("int8_fallback_max", 1) < 1 or params.get("fallback_images", 10) < 10:
+        raise PipelineError("--int8-fallback-max must be >= 1 and --fallback-images >= 10")
 
 
 def load_program(path) -> torch.export.ExportedProgram:
