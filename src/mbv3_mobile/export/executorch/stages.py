@@ -29,7 +29,8 @@ def check_params(spec, params: dict) -> None:
     if bad:
         raise PipelineError(f"--quant {','.join(bad)}: not one of {', '.join(QUANT_CHOICES)}")
     mode = str(params.get("int8_fallback", "off"))
-    if mode not in ("off", "auto") and not re.fullmatch(r"[\w.]+(,[\w.]+)*", mode.replace(" ", "")):
+    names = [n.strip() for n in mode.split(",")]
+    if mode not in ("off", "auto") and not all(re.fullmatch(r"[A-Za-z_]\w*(\.\w+)*", n) for n in names):
         raise PipelineError(f"--int8-fallback {mode!r}: use auto, off, or comma-separated layer paths "
                             "(e.g. features.0.0,features.1.block.0.0; `mbv3 parity --sensitivity` lists them)")
     if params.get("int8_fallback_max", 1) < 1 or params.get("fallback_images", 10) < 10:
