@@ -32,7 +32,8 @@ def check_params(spec, params: dict) -> None:
     names = [n.strip() for n in mode.split(",")]
     if mode not in ("off", "auto") and not all(re.fullmatch(r"[A-Za-z_]\w*(\.\w+)*", n) for n in names):
         raise PipelineError(f"--int8-fallback {mode!r}: use auto, off, or comma-separated layer paths "
-                            "(e.g. features.0.0,features.1.block.0.0; `mbv3 parity --sensitivity` lists them)")
+                            "of convolutions or linears (e.g. features.0.0,features.1.block.0.0; `mbv3 parity --sensitivity` "
+                            "shows where error enters)")
     if params.get("int8_fallback_max", 1) < 1 or params.get("fallback_images", 10) < 10:
         raise PipelineError("--int8-fallback-max must be >= 1 and --fallback-images >= 10")
 
@@ -59,7 +60,7 @@ def quantize(ctx: StageContext) -> dict:
                 f"from {calib_pics.source}")
         if ctx.variant == "ptq":
             prepared = q.calibrate_ptq(model, calib, progress=ctx.progress)
-            model, info["mixed_precision"] = _int8_fallback(ctx, model, prepared, calib_pics.labelled)
+            model, info["mixed_precision"] = _int8_fallback(ctx, model, prepared)
         else:
             train = stage_pictures(ctx, "train")
             cfg = q.QATConfig(steps=ctx.params["qat_steps"], lr=ctx.params["qat_lr"], seed=ctx.params["seed"])
@@ -75,7 +76,7 @@ def quantize(ctx: StageContext) -> dict:
     return info
 
 
-def _int8_fallback(ctx: StageContext, model, prepared, labelled: bool):
+def _int8_fallback(ctx: StageContext, model, prepared):
     """--int8-fallback: all int8, or the fewest layers in fp32 that bring the PTQ model inside its
     gate on held-out calibration-source pictures (a seed apart from calibration's)."""
     from mbv3_mobile.quantize import mixed
