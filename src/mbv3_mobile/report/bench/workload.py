@@ -65,8 +65,8 @@ def randomized_model(arch: str, width: float = 1.0, seed: int = 0, residual_scal
         f = feats["f"] - feats["f"].mean(0, keepdim=True)
         f = f.view(-1, 5, f.shape[1]).mean(1)  # one class per photo (its 5 views together)
         q = torch.linalg.qr(f.T).Q.T
-        q = q * torch.sign((q * f).sum(1, keepdim=True))
-        f = q * f.norm(dim=1, keepdim=True)
+        q = q * torch.sign((q * f).sum(1, keepdim=True))  # QR's signs are arbitrary: point each at its photo
+        f = q * f.norm(dim=1, keepdim=True)  # orthogonal prototypes: clear margins, as a trained head has
         w = torch.randn(1000, f.shape[1], generator=g) / math.sqrt(f.shape[1])
         classes = torch.randperm(1000, generator=g)[: len(f)]
         w[classes] = 4 * f / f.norm(dim=1, keepdim=True)
