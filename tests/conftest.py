@@ -27,3 +27,23 @@ def fashion_test():
     from mbv3_mobile.data.datasets import load_fashion_mnist
 
     return load_fashion_mnist("test")
+
+
+@pytest.fixture
+def edited_pipelines(tmp_path, monkeypatch):
+    """`edit(file, old, new)`: the pipeline files copied, `old` replaced by `new` in `file`, and
+    MBV3_PIPELINES_DIR pointing at the copy (gates live only in the pipeline files)."""
+    import shutil
+
+    from mbv3_mobile.pipeline.spec import pipelines_dir
+
+    copy = tmp_path / "pipelines"
+    shutil.copytree(pipelines_dir(), copy)
+    monkeypatch.setenv("MBV3_PIPELINES_DIR", str(copy))
+
+    def edit(file: str, old: str, new: str) -> None:
+        text = (copy / file).read_text()
+        assert old in text, f"{file} no longer contains {old!r}"
+        (copy / file).write_text(text.replace(old, new))
+
+    return edit

@@ -2,7 +2,6 @@
 EP-friendly graph and its coverage gate, the ORT format (.ort) with its operator config, parity."""
 
 import json
-import shutil
 
 import numpy as np
 import onnx
@@ -138,16 +137,10 @@ def test_an_ep_unfriendly_graph_fails_the_coverage_gate_naming_ep_and_ops(traine
 
 
 def test_a_stricter_coverage_gate_in_the_pipeline_file_rejudges_without_rebuilding(onnx_run, trained_ci_checkpoint,
-                                                                                   tmp_path, monkeypatch):
+                                                                                   tmp_path, edited_pipelines):
     # gates live in the pipeline files: a copy that also asks NNAPI for a partition count nobody meets
-    from mbv3_mobile.pipeline.spec import pipelines_dir
-
-    strict = tmp_path / "pipelines"
-    shutil.copytree(pipelines_dir(), strict)
-    toml = strict / "03_onnx.toml"
-    toml.write_text(toml.read_text().replace("coreml_ep_partitions = { max = 1 }",
-                                             "coreml_ep_partitions = { max = 1 }\nnnapi_partitions = { max = 0 }"))
-    monkeypatch.setenv("MBV3_PIPELINES_DIR", str(strict))
+    edited_pipelines("03_onnx.toml", "coreml_ep_partitions = { max = 1 }",
+                     "coreml_ep_partitions = { max = 1 }\nnnapi_partitions = { max = 0 }")
     with pytest.raises(GateFailure, match=r"nnapi_partitions = 1 \(must be <= 0\)"):
         run_pipeline(load_pipeline("onnx"), {"checkpoint": str(trained_ci_checkpoint), "out": str(tmp_path / "out"),
                                              "parity_images": 500, "calib_images": 100}, progress=False)

@@ -1,7 +1,6 @@
 """The parity matrix on the trained CI model (ONNX rows here; the other formats add theirs)."""
 
 import json
-import shutil
 
 import pytest
 
@@ -40,16 +39,9 @@ def test_matrix_over_every_format(trained_ci_checkpoint, tmp_path):
     assert "bounds" in (report / "parity.md").read_text()
 
 
-def test_failing_gate_exits_with_matrix_and_localisation(trained_ci_checkpoint, tmp_path, capsys, monkeypatch):
+def test_failing_gate_exits_with_matrix_and_localisation(trained_ci_checkpoint, tmp_path, capsys, edited_pipelines):
     # gates come only from the pipeline files: a copy with an int8 gate no model can meet
-    strict = tmp_path / "pipelines"
-    from mbv3_mobile.pipeline.spec import pipelines_dir
-
-    shutil.copytree(pipelines_dir(), strict)
-    toml = strict / "04_parity.toml"
-    toml.write_text(toml.read_text().replace("[gates.int8]\ntop1_drop = { max = 0.005 }",
-                                             "[gates.int8]\ntop1_drop = { max = -0.5 }"))
-    monkeypatch.setenv("MBV3_PIPELINES_DIR", str(strict))
+    edited_pipelines("04_parity.toml", "[gates.int8]\ntop1_drop = { max = 0.005 }", "[gates.int8]\ntop1_drop = { max = -0.5 }")
     with pytest.raises(GateFailure, match="onnx int8"):
         run_parity({"checkpoint": str(trained_ci_checkpoint), "formats": ["onnx"], "pictures": 200,
                     "out": str(tmp_path / "out"), "onnx_params": FORMAT_PARAMS["onnx_params"]}, progress=False)
