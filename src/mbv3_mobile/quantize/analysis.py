@@ -9,12 +9,13 @@ quantize -> dequantize pair that follows it, so the output rounding of each laye
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from mbv3_mobile.verify.compare import snr_db
 
 
 def _is_qdq(node: torch.fx.Node) -> bool:
@@ -85,12 +86,6 @@ def eager_module_outputs(model: nn.Module, images: torch.Tensor) -> OrderedDict[
         for h in hooks:
             h.remove()
     return outputs
-
-
-def snr_db(reference: torch.Tensor, candidate: torch.Tensor) -> float:
-    noise = (candidate.double() - reference.double()).pow(2).sum().item()
-    signal = reference.double().pow(2).sum().item()
-    return math.inf if noise == 0 else 10 * math.log10(max(signal, 1e-300) / noise)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mbv3_mobile.verify.compare import Candidate
+from mbv3_mobile.verify.compare import Candidate, _db
 from mbv3_mobile.verify.drift import eager_module_outputs, folded_batchnorm
 
 # The modules whose outputs say something (containers repeat their last child's value).
@@ -27,10 +27,6 @@ class LayerFidelity:
     kind: str
     snr_db: float
     entered_db: float  # SNR lost at this module (its input's SNR minus its output's); nan where the input is not known
-
-
-def _db(signal: float, noise: float) -> float:
-    return math.inf if noise == 0 else 10 * math.log10(max(signal, 1e-300) / noise)
 
 
 def layer_fidelity(model: torch.nn.Module, entry: Candidate, images: torch.Tensor) -> list[LayerFidelity]:
