@@ -23,7 +23,7 @@ from .bench import BenchPlan, find_models
 from .build import TARGETS as BUILD_TARGETS
 from .build import ensure_runner, runner_from_dir
 from .errors import HarnessError
-from .report import markdown, native_vs_python, plot, write_report
+from .report import markdown, native_vs_python, plot, recommended_threads, write_report
 
 
 def _log(msg: str) -> None:
@@ -90,6 +90,10 @@ def cmd_run(a: argparse.Namespace) -> int:
     print(f"[harness] wrote {out}/results.json, results.md, latency.png")
     for (variant, threads), ratio in native_vs_python(results).items():
         print(f"[harness] {variant} {threads} threads: native/python p50 ratio {ratio:.2f}")
+    for pick in recommended_threads(results):
+        print(f"[harness] {pick['variant']} ({pick['runtime']}): use {pick['threads']} thread(s) on this {a.target} "
+              f"target ({pick['speedup_vs_fewest']:.2f}x vs 1; Kotlin: Module.load(path, Module.LOAD_MODE_MMAP, "
+              f"{pick['threads']}))")
     unreliable = [m for m in results["measurements"] if not m["reliable"]]
     if unreliable:
         print(f"[harness] {len(unreliable)} of {len(results['measurements'])} measurements flagged unreliable "

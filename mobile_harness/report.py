@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 from mbv3_mobile.core.atomic import atomic_dir
+from mbv3_mobile.core.threads import pick_threads
 
 
 def _ms(v) -> str:
@@ -45,6 +46,13 @@ def markdown(results: dict) -> str:
         lines += ["", "## Why some rows are not reliable", ""]
         for m in flagged:
             lines.append(f"- {m['variant']} / {m['runtime']} / {m['threads']} threads: {'; '.join(m['flags'])}")
+    picks = results.get("recommended_threads") or recommended_threads(results)
+    if picks:
+        lines += ["", "## Threads to ship (fastest count whose gain beats the noise; the export's rule)", "",
+                  "| variant | runtime | threads | speedup vs 1 | p50 ms by threads |", "|---|---|---:|---:|---|"]
+        for p in picks:
+            lines.append(f"| {p['variant']} | {p['runtime']} | {p['threads']} | {p['speedup_vs_fewest']:.2f}x | "
+                         + ", ".join(f"{n}: {_ms(ms)}" for n, ms in p["candidates"].items()) + " |")
     ratios = native_vs_python(results)
     if ratios:
         lines += ["", "## Native runner vs Python runtime (same process setup, same inputs)", ""]
@@ -60,6 +68,16 @@ def markdown(results: dict) -> str:
     if results.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def recommended_threads(results: dict) -> list[dict]:
+    """Per (variant, runtime) timed at more than one thread count: the count to ship on this device
+    (`core.threads.pick_threads`, the rule the export pipelines use on their host)."""
+    by: dict[tuple[str, str], dict[int, dict]] = {}
+    for m in results["measurements"]:
+        if m["threads"] and m["threads"] > 0:
+            by.setdefault((m["variant"], m["runtime"]), {})[m["threads"]] = m["summary"]
+    return [{"variant": v, "runtime": rt, **pick_threads(per)} for (v, rt), per in by.items() if len(per) > 1]
 
 
 def native_vs_python(results: dict) -> dict[tuple[str, int], float]:
@@ -102,6 +120,7 @@ def write_report(results: dict, out_dir: str | Path, artifacts: Path | None = No
         if artifacts is not None and artifacts.is_dir():
             for p in artifacts.iterdir():
                 p.rename(tmp / p.name)
+        results = {**results, "recommended_threads": recommended_threads(results)}
         (tmp / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         (tmp / "results.md").write_text(markdown(results))
         plot(results, tmp / "latency.png")

@@ -90,6 +90,24 @@ def test_recommended_threads_needs_a_gain_beyond_the_noise():
     assert slower["threads"] == 1
 
 
+def test_thread_counts_are_timed_interleaved_and_the_clearly_faster_one_picked():
+    import time
+
+    from mbv3_mobile.core.threads import candidate_counts, pick_threads, time_thread_counts
+
+    assert candidate_counts(1) == [1] and candidate_counts(2) == [1, 2] and candidate_counts(6) == [1, 2, 4, 6]
+    opened = []
+
+    def open_at(n):  # a model that takes 4 ms on one thread and 1 ms on two
+        opened.append(n)
+        return lambda: time.sleep(0.004 / n**2)
+
+    timings = time_thread_counts(open_at, [1, 2], rounds=3, budget_s=0.02, warmup=1)
+    assert opened == [1, 2, 2, 1, 1, 2]  # re-opened every round, the order rotating
+    assert timings[1]["p50_ms"] > 2 * timings[2]["p50_ms"] and len(timings[2]["round_p50_ms"]) == 3
+    assert pick_threads(timings)["threads"] == 2
+
+
 def test_models_by_name():
     assert resolve_models(["default"], "") == [("default", "", None)]
     assert resolve_models(["large-224"], "x/my.pth")[0][1] == "x/my.pth"  # --checkpoint wins

@@ -32,6 +32,10 @@ def test_published_folder_and_manifest(android_run):
         assert delegation["delegated_subgraphs"] == 1 and delegation["non_delegated_compute_ops"] == []
         assert delegation["by_op"]["aten_convolution_default"]["non_delegated"] == 0
         assert manifest["variants"][variant]["bundle_check"]["cases"] == 4
+        threads = manifest["variants"][variant]["threads"]  # timed on this host at 1 .. every usable core
+        assert str(threads["recommended"]) in threads["p50_ms"] and "1" in threads["p50_ms"]
+    int8_threads = manifest["variants"]["ptq"]["threads"]["recommended"]
+    assert f"Module.LOAD_MODE_MMAP, {int8_threads})" in (folder / "README.md").read_text()
 
 
 def test_gates_held_on_real_images(android_run):
@@ -57,11 +61,11 @@ def test_cache_reuse_and_downstream_rerun(android_run):
     again = run_pipeline(spec, params, progress=False)
     assert {k for k, r in again.items() if not r.cached} == {"package", "_total"}
     changed = run_pipeline(spec, {**params, "calib_images": 60}, progress=False)
-    for k in ("quantize[ptq]", "lower[ptq]", "verify[ptq]", "bundle[ptq]"):  # the next session must rerun them too
+    for k in ("quantize[ptq]", "lower[ptq]", "verify[ptq]", "bundle[ptq]", "threads[ptq]"):  # the next session must rerun them too
         if changed[k].dir != again[k].dir and changed[k].dir.is_relative_to(cache_dir()):
             shutil.rmtree(changed[k].dir, ignore_errors=True)
     assert {k for k, r in changed.items() if not r.cached} == {
-        "quantize[ptq]", "lower[ptq]", "verify[ptq]", "bundle[ptq]", "package", "_total"}
+        "quantize[ptq]", "lower[ptq]", "verify[ptq]", "bundle[ptq]", "threads[ptq]", "package", "_total"}
 
 
 def test_bad_quant_choice_and_resolution(trained_ci_checkpoint, tmp_path):

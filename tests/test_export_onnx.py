@@ -43,7 +43,7 @@ def test_rerun_is_cached_and_a_parameter_reruns_only_downstream(onnx_run):
     assert rerun == {"package", *INT8_STAGES}
 
 
-INT8_STAGES = ("quantize[int8]", "coverage[int8]", "verify[int8]", "ort_format[int8]", "verify_ort[int8]")
+INT8_STAGES = ("quantize[int8]", "coverage[int8]", "verify[int8]", "ort_format[int8]", "verify_ort[int8]", "threads[int8]")
 
 
 def _forget(changed, first):

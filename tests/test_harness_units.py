@@ -14,7 +14,7 @@ from mobile_harness.adb import quote_command
 from mobile_harness.bench import BenchPlan, add_measurement, find_models, new_results, parse_runner_output
 from mobile_harness.device_state import parse_state
 from mobile_harness.errors import HarnessError, RunnerError, VerificationError
-from mobile_harness.report import markdown, native_vs_python, write_report
+from mobile_harness.report import markdown, native_vs_python, recommended_threads, write_report
 from mobile_harness.runner_inputs import synthetic_input
 from mobile_harness.stats import percentile, reliability_flags, summarize, summarize_rounds
 
@@ -139,3 +139,15 @@ def test_report_files(tmp_path):
     out = write_report(res, tmp_path / "rep", artifacts=artifacts)
     assert json.loads((out / "results.json").read_text())["measurements"][0]["reliable"] is True
     assert (out / "latency.png").read_bytes()[:4] == b"\x89PNG" and (out / "etdump" / "m.etdump").is_file()
+
+
+def test_report_picks_the_thread_count_by_the_exports_rule(tmp_path):
+    res = new_results("adb", BenchPlan(rounds=3, iters=3), device={"model": "phone", "abi": "arm64-v8a", "cpus": 8})
+    for threads, ms in ((1, 6.0), (2, 3.5), (4, 3.45)):  # 4 threads: 1.4 % faster than 2, inside the noise
+        add_measurement(res, variant="m.pte", model="m.pte", runtime="native", threads=threads,
+                        rounds=[{"latencies_ms": [ms, ms * 1.01, ms]}] * 3)
+    pick = recommended_threads(res)
+    assert [(p["variant"], p["threads"]) for p in pick] == [("m.pte", 2)]
+    out = write_report(res, tmp_path / "rep")
+    assert json.loads((out / "results.json").read_text())["recommended_threads"][0]["threads"] == 2
+    assert "| m.pte | native | 2 | 1.71x |" in (out / "results.md").read_text()

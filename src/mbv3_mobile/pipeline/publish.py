@@ -161,3 +161,27 @@ def publish(ctx: StageContext, pub: Publication, build: Callable[[Path], None],
                 after(ctx, tmp, pub.final)
     print(f"\n{pub.table}\n\n[{ctx.pipeline.name}] published {pub.final}", flush=True)
     return {"published": str(pub.final), "figures": pub.figures}
+
+
+def threads_table(picks: dict[str, dict]) -> str:
+    """README section from the `threads` stages: {file: measured (core.threads.measure_threads)}."""
+    first = next(iter(picks.values()))
+    host, runtime = first["measured_on"], first["runtime"]
+    counts = sorted({n for t in picks.values() for n in t["p50_ms"]}, key=int)
+    lines = [f"Timed at export on {host['cpu']} ({host['usable_cores']} usable cores) in {runtime}, median of "
+             f"{first.get('rounds', 5)} interleaved rounds; the pick is the fastest count whose gain over fewer threads "
+             "beats the noise (fewer threads otherwise: less power, less contention with the app):", "",
+             "| file | threads to use | " + " | ".join(f"{n} thread{'s' * (n != '1')}" for n in counts) + " |",
+             "|---|---:|" + "---:|" * len(counts)]
+    for file, t in picks.items():
+        lines.append(f"| `{file}` | {t['recommended']} | "
+                     + " | ".join(f"{t['p50_ms'][n]:.2f} ms" if n in t["p50_ms"] else "–" for n in counts) + " |")
+    return "\n".join(lines)
+
+
+def threads_note(name: str, t: dict) -> str:
+    """Model card line for one file's `threads` pick (manifest `variants.<v>.threads`)."""
+    host = t.get("measured_on") or {}
+    return (f"{name}: use {t['recommended']} thread(s), the fastest count timed at export on {host.get('cpu', '?')} "
+            f"({host.get('usable_cores', '?')} usable cores; " + ", ".join(f"{n}: {ms:.2f} ms" for n, ms in t["p50_ms"].items())
+            + "); time it on your phones, the pick differs with the CPU")

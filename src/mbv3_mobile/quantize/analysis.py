@@ -100,8 +100,11 @@ def per_module_snr(model: nn.Module, graph: torch.fx.GraphModule, images: torch.
                                               nn.ReLU)) -> list[LayerSNR]:
     """SNR (dB) of each module's int8 output against eager, in execution order: where error enters
     (a drop from one layer to the next) and where it grows."""
+    from mbv3_mobile.verify.drift import folded_batchnorm
+
     eager = eager_module_outputs(model, images)
-    quant = graph_module_outputs(graph, images)
+    # PT2E folds each BatchNorm into the conv before it: the conv's value is the BN's output
+    quant = folded_batchnorm(model, graph_module_outputs(graph, images))
     modules = dict(model.named_modules())
     out = []
     for name, ref in eager.items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from mbv3_mobile.pipeline.publish import threads_note
+
 
 def deployment_notes(manifest: dict, export: dict) -> list[str]:
     versions = manifest.get("versions") or {}
@@ -14,6 +16,10 @@ def deployment_notes(manifest: dict, export: dict) -> list[str]:
     for v, info in (manifest.get("variants") or {}).items():
         if info.get("scheme"):
             notes.append(f"{v}: {info['scheme']} ({info.get('calibration_images', '?')} calibration images)")
+    for v, info in (manifest.get("variants") or {}).items():
+        if info.get("threads"):
+            notes.append(threads_note(info.get("file", v), info["threads"])
+                         + " (`python -m mobile_harness run --target adb` picks by the same rule)")
     notes.append("each .bpte bundles real test pictures and expected outputs for an on-device self-check "
                  "(fp32: eager PyTorch's outputs; int8: this runtime's own, a self-consistency check)")
     return notes

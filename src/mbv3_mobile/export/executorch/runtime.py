@@ -16,10 +16,10 @@ from mbv3_mobile.data.preprocess import check_model_input
 from mbv3_mobile.export.executorch.lower import _as_bytes
 from mbv3_mobile.export.torch_export import ExportError, _first_line
 
-_NATIVE_NOISE = re.compile(r"^\[cpuinfo_utils\.cpp:\d+\]")
+_NATIVE_NOISE = re.compile(r"^\[(cpuinfo_utils\.cpp:\d+\]|threadpool\.cpp:\d+\] Resetting threadpool)")
 
 
-class _quiet_native_start:
+class quiet_native_start:
     """ExecuTorch's C++ runtime prints cpuinfo probing lines to the process's stderr (fd 2) when it
     first starts its threadpool; they say nothing to the user. With MBV3_QUIET_NATIVE set (the CLI
     sets it unless --verbose), fd 2 is captured around the load and only other lines are passed on."""
@@ -57,9 +57,9 @@ def _load_method(program):
 
     data = _as_bytes(program)
     try:
-        with _quiet_native_start():
+        with quiet_native_start():
             loaded = Runtime.get().load_program(data)
-        with _quiet_native_start():
+        with quiet_native_start():
             method = loaded.load_method("forward")
         # executorch.runtime.Method keeps no reference to its Program (which owns the .pte bytes):
         # once the Program is collected, execute() reads freed memory and segfaults at random.

@@ -52,7 +52,7 @@ func preprocess(_ picture: CGImage) -> [Float] {{
 ```"""
 
 
-def kotlin(pre: Preprocessing, *, input_name: str, model: str, int8_model: str | None) -> str:
+def kotlin(pre: Preprocessing, *, input_name: str, model: str, int8_model: str | None, threads: int) -> str:
     r = pre.resolution
     int8 = (f"\n// {int8_model}: the int8 model for the CPU / XNNPACK EP (see the EP coverage below)"
             if int8_model else "")
@@ -68,8 +68,9 @@ import java.nio.FloatBuffer
 val env = OrtEnvironment.getEnvironment()
 val options = OrtSession.SessionOptions().apply {{
     addConfigEntry("{ORT_REPLAY}", "1")  // the CPU fusions saved in the .ort
-    addXnnpack(mapOf("intra_op_num_threads" to "4"))  // optional; the CPU EP runs whatever XNNPACK does not take
-    setIntraOpNumThreads(1)
+    setIntraOpNumThreads({threads})  // the fastest count measured at export (README "Threads"); measure on your phones
+    // With the XNNPACK EP, ORT advises giving the threads to XNNPACK and 1 to the CPU EP instead:
+    // addXnnpack(mapOf("intra_op_num_threads" to "{threads}")); setIntraOpNumThreads(1)
 }}
 val session = env.createSession(context.assets.open("{model}").readBytes(), options)
 val labels = context.assets.open("labels.txt").bufferedReader().readLines()
@@ -85,7 +86,7 @@ fun classify(picture: Bitmap): String {{
 ```"""
 
 
-def swift(pre: Preprocessing, *, input_name: str, output_name: str, model: str) -> str:
+def swift(pre: Preprocessing, *, input_name: str, output_name: str, model: str, threads: int) -> str:
     r = pre.resolution
     stem, _, ext = model.rpartition(".")
     return f"""{swift_tensor(pre)}
@@ -96,6 +97,7 @@ import onnxruntime_objc  // pod 'onnxruntime-objc' (or the onnxruntime-swift-pac
 let env = try ORTEnv(loggingLevel: .warning)
 let options = try ORTSessionOptions()
 try options.addConfigEntry(withKey: "{ORT_REPLAY}", value: "1")  // the CPU fusions saved in the .ort
+try options.setIntraOpNumThreads({threads})  // for what runs on the CPU EP: the count measured at export (README "Threads")
 let coreML = ORTCoreMLExecutionProviderOptions()
 coreML.createMLProgram = true  // MLProgram (iOS 15+); false: NeuralNetwork. Both take the whole graph (see below)
 try options.appendCoreMLExecutionProvider(with: coreML)

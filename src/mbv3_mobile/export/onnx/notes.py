@@ -4,6 +4,7 @@ published manifest): EP coverage as measured, which EP each file targets, the .o
 from __future__ import annotations
 
 from mbv3_mobile.export.onnx.mobile import EP_TITLES
+from mbv3_mobile.pipeline.publish import threads_note
 
 NNAPI_NOTE = ("NNAPI is deprecated from Android 15 (Google no longer develops it; drivers vary by vendor), so on "
               "Android the recommendation is the XNNPACK or CPU EP, with NNAPI only for older devices measured to "
@@ -64,6 +65,8 @@ def deployment_notes(manifest: dict, export: dict) -> list[str]:
     for v, entry in (manifest.get("variants") or {}).items():
         if entry.get("targets"):
             notes.append(f"{v} targets: {entry['targets']}")
+        if entry.get("threads"):
+            notes.append(threads_note(entry.get("ort_file", v), entry["threads"]) + " (the snippets' intra-op threads)")
     ort = manifest.get("ort") or {}
     for o in (ort.get("variants") or {}).values():
         f = o.get("figures") or {}

@@ -12,7 +12,7 @@ from mbv3_mobile.export import snippets
 from mbv3_mobile.export.onnx import app_snippets, mobile
 from mbv3_mobile.export.onnx import convert as ox
 from mbv3_mobile.export.onnx.notes import coverage_table, targets
-from mbv3_mobile.pipeline.publish import input_spec, publication, publish, ship, write_manifest
+from mbv3_mobile.pipeline.publish import input_spec, publication, publish, ship, threads_table, write_manifest
 from mbv3_mobile.pipeline.runner import StageContext
 from mbv3_mobile.report.card import write_card_at_publish
 from mbv3_mobile.verify.gates import figures_table
@@ -32,6 +32,7 @@ def package(ctx: StageContext) -> dict:
     dynamic = ctx.inputs["export"].meta["dynamic_batch"]
     coverage = {v: _coverage_entry(ctx.inputs[f"coverage[{v}]"].meta) for v in variants}
     ort = {v: _ort_entry(ctx, v) for v in variants}
+    threads = {v: ctx.inputs[f"threads[{v}]"].meta["threads"] for v in variants}
     # the printed and README figures: every file the folder ships, .onnx and .ort
     pub.table = figures_table({**{f"onnx {v} (onnxruntime)": pub.figures[v] for v in variants},
                                **{f"ort {v} (.ort, onnxruntime)": ort[v]["figures"] for v in variants}})
@@ -43,7 +44,7 @@ def package(ctx: StageContext) -> dict:
         configs = [ctx.inputs[f"ort_format[{v}]"].out("config") for v in variants]
         (folder / mobile.ORT_CONFIG).write_text(mobile.merged_config(configs))
         (folder / "README.md").write_text(_readme(pub.name, resolved, variants, pub.table, pub.pictures_text, dynamic,
-                                                  coverage, all(o["graph_as_checked"] for o in ort.values())))
+                                                  coverage, all(o["graph_as_checked"] for o in ort.values()), threads))
         spec = input_spec(resolved)
         batch = "N" if dynamic else 1
         write_manifest(folder, fmt=MANIFEST_ID, resolved=resolved, figures=pub.figures, extra={
@@ -51,7 +52,8 @@ def package(ctx: StageContext) -> dict:
             "output": {"name": ox.OUTPUT_NAME, "shape": [batch, resolved["config"]["num_classes"]]},
             "variants": {v: {"file": FILES[v], "ort_file": ORT_FILES[v],
                              "quantization": ctx.inputs[f"quantize[{v}]"].meta["quantization"],
-                             "gate": pub.verdicts[v], "targets": targets(v, coverage[v])} for v in variants},
+                             "gate": pub.verdicts[v], "targets": targets(v, coverage[v]), "threads": threads[v]}
+                         for v in variants},
             "pictures": pub.pictures, "opset": ox.OPSET, "dynamic_batch": dynamic,
             "ep_friendly": _ep_graph(ctx.inputs["ep_graph"].meta),
             "simplify": ctx.inputs["simplify"].meta.get("op_types"),
@@ -86,7 +88,7 @@ def _ep_graph(meta: dict) -> dict:
 
 
 def _readme(name: str, resolved: dict, variants: list[str], table: str, pictures: str, dynamic: bool,
-            coverage: dict, ort_as_checked: bool) -> str:
+            coverage: dict, ort_as_checked: bool, threads: dict) -> str:
     pre = Preprocessing.from_dict(resolved["preprocessing"])
     template = Template((Path(__file__).parent / "app_readme.md").read_text())
     files = [f for v in variants for f in (FILES[v], ORT_FILES[v])] + [mobile.ORT_CONFIG]
@@ -96,9 +98,11 @@ def _readme(name: str, resolved: dict, variants: list[str], table: str, pictures
         input_name=ox.INPUT_NAME, output_name=ox.OUTPUT_NAME, resolution=r, preset=pre.preset,
         batch="N (dynamic: the server option)" if dynamic else "1 (fixed, as NNAPI and the Core ML EP want)",
         rule=pre.describe(), python=snippets.python(pre), pictures=pictures, table=table,
-        kotlin=app_snippets.kotlin(pre, input_name=ox.INPUT_NAME, model="model.ort",
+        kotlin=app_snippets.kotlin(pre, input_name=ox.INPUT_NAME, model=ORT_FILES[variants[0]], threads=threads[variants[0]]["recommended"],
                                    int8_model=ORT_FILES["int8"] if "int8" in variants else None),
-        swift=app_snippets.swift(pre, input_name=ox.INPUT_NAME, output_name=ox.OUTPUT_NAME, model="model.ort"),
+        swift=app_snippets.swift(pre, input_name=ox.INPUT_NAME, output_name=ox.OUTPUT_NAME, model=ORT_FILES[variants[0]],
+                                 threads=threads[variants[0]]["recommended"]),
+        threads_table=threads_table({ORT_FILES[v]: threads[v] for v in variants}),
         coverage=coverage_table(coverage),
         targets="\n".join(f"- `{ORT_FILES[v]}` / `{FILES[v]}`: {targets(v, coverage[v])}" for v in variants),
         config=mobile.ORT_CONFIG,

@@ -14,12 +14,10 @@ model,...]" = limit`:
 
 from __future__ import annotations
 
-import math
-
+from mbv3_mobile.core.threads import pick_threads as recommended_threads  # noqa: F401 - the bench's name for it
 from mbv3_mobile.report.bench.common import BASELINE, BenchError
 
 DEFAULT_ON = ("large-224",)
-NOISE_FLOOR = 0.03  # relative latency gap below which two thread counts are "the same"
 
 
 def rotation(keys: list[str], round_index: int) -> list[str]:
@@ -125,28 +123,3 @@ def evaluate_goals(latency: dict, goals: dict[str, float], model: str | None = N
                     row.update(value=v, verdict="pass" if v <= g["limit"] else "miss")
                 out.append(row)
     return out
-
-
-def recommended_threads(per_threads: dict[int | str, dict], noise_floor: float = NOISE_FLOOR) -> dict:
-    """The thread count to ship for one runtime, from {threads: latency summary (p50_ms, round_cv,
-    round_p50_ms)}: the fastest, but only when it beats the best smaller count by more than the noise
-    (the larger of `noise_floor` and two standard errors of the gap between the two counts' round
-    medians, 2 x sqrt(cv_a^2 + cv_b^2) / sqrt(rounds)); otherwise the smaller count (fewer threads:
-    less power, less contention with the app's own threads)."""
-    if not per_threads:
-        raise BenchError("recommended_threads needs at least one measured thread count")
-    counts = sorted(per_threads, key=int)
-    best = counts[0]
-    for n in counts[1:]:
-        a, b = per_threads[best], per_threads[n]
-        k = max(1, min(len(a.get("round_p50_ms") or [0]), len(b.get("round_p50_ms") or [0])))
-        noise = max(noise_floor, 2 * math.hypot(a.get("round_cv", 0.0), b.get("round_cv", 0.0)) / math.sqrt(k))
-        gain = (a["p50_ms"] - b["p50_ms"]) / a["p50_ms"]
-        if gain > noise:
-            best = n
-    a = per_threads[counts[0]]
-    b = per_threads[best]
-    return {"threads": int(best), "p50_ms": b["p50_ms"], "speedup_vs_fewest": a["p50_ms"] / b["p50_ms"],
-            "candidates": {str(n): per_threads[n]["p50_ms"] for n in counts},
-            "rule": f"fastest count whose gain over the smaller counts exceeds max({noise_floor:.0%}, 2 standard errors "
-                    "of the round medians' gap)"}

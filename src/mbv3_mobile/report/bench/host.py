@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from mbv3_mobile.core.threads import usable_cores
 from mbv3_mobile.report.bench.common import BenchError
 
 
@@ -114,10 +114,6 @@ def host_peak() -> dict:
     freq = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
     max_mhz = int(freq.read_text()) / 1e3 if freq.is_file() else None
     return cpu_peak(text, usable_cores(), max_mhz)
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def thread_counts(spec: list, cores: int) -> list[int]:
