@@ -5,6 +5,7 @@ writes its table and PNG (real export + timing, quick; no timed assertions)."""
 import json
 
 import pytest
+import torch
 
 from mbv3_mobile.report.bench.common import BenchError
 from mbv3_mobile.report.bench.goals import evaluate_goals, parse_goal, recommended_threads
@@ -140,3 +141,15 @@ def test_sweep_writes_table_json_and_png(tiny_sweep):
     md = (folder / "sweep.md").read_text()
     assert f"| small | 0.35 | 96 | {pt['macs'] / 1e6:.1f} |" in md and "random" in md
     assert json.loads((folder / "sweep.json").read_text())["points"][0]["macs"] == pt["macs"]
+
+
+def test_ort_profile_sums_its_kernels_per_op_type(tmp_path):
+    from mbv3_mobile.export.onnx.convert import export_onnx
+    from mbv3_mobile.report.bench.profile import profile_ort
+    from mbv3_mobile.report.bench.workload import randomized_model
+
+    export_onnx(randomized_model("small", 0.35, resolution=32), 32, tmp_path / "m.onnx")
+    prof = profile_ort(tmp_path / "m.onnx", torch.randn(1, 3, 32, 32), [1], runs=3)[1]
+    assert prof["runs"] == 3 and any("Conv" in op for op in prof["ops"])  # warm-up runs left out
+    assert sum(v["share"] for v in prof["ops"].values()) == pytest.approx(1.0)
+    assert prof["total_ms"] == pytest.approx(sum(v["ms"] for v in prof["ops"].values()))

@@ -12,6 +12,7 @@ fp32 between a dequantize and a quantize (XNNPACK converts qs8 -> fp32 -> qs8 ar
 
 from __future__ import annotations
 
+import copy
 import statistics
 import tempfile
 import time
@@ -132,6 +133,56 @@ def _profile_once(manager, etrecord, nodes: dict, islands: dict, x: torch.Tensor
             "time_unit": "ms (ETDump's ticks, as the Inspector converts them)"}
 
 
+def profile_ort(path: str | Path, x: torch.Tensor, threads: list[int], runs: int = 20) -> dict[int, dict]:
+    """The ONNX Runtime peer, timed by ORT's own profiler (CPU EP, session trace): per op type, the
+    median over `runs` inferences of the summed kernel time, in the same shape as `profile_pte`'s.
+    ORT runs the whole graph (its fusions and NCHWc layout included), so its op types are what ORT
+    actually executes (FusedConv, the NCHWc Conv, ReorderInput/ReorderOutput layout conversions)."""
+    import json
+
+    import onnxruntime as ort
+
+    out = {}
+    for n in threads:
+        with tempfile.TemporaryDirectory() as tmp:
+            opts = ort.SessionOptions()
+            opts.enable_profiling, opts.profile_file_prefix = True, str(Path(tmp) / "ort")
+            opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = n, 1, 3
+            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            feed = {sess.get_inputs()[0].name: x[:1].float().contiguous().numpy()}
+            warm = 3
+            for _ in range(warm):
+                sess.run(None, feed)
+            t0 = time.perf_counter()
+            for _ in range(runs):
+                sess.run(None, feed)
+            wall_ms = (time.perf_counter() - t0) * 1e3 / runs
+            trace = json.loads(Path(sess.end_profiling()).read_text())
+        spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run")
+        per_run: list[dict[str, float]] = [defaultdict(float) for _ in spans]
+        calls: dict[str, int] = defaultdict(int)
+        for e in trace:
+            if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+                continue
+            i = next((k for k, (a, b) in enumerate(spans) if a <= e["ts"] <= b), None)
+            if i is None or i < warm:
+                continue
+            op = (e.get("args") or {}).get("op_name", "?")
+            per_run[i][op] += e["dur"] / 1e3
+            calls[op] += 1
+        timed = [r for r in per_run[warm:] if r]
+        keys = sorted({k for r in timed for k in r})
+        ops = {k: {"ms": statistics.median(r.get(k, 0.0) for r in timed), "calls": calls[k] // max(1, len(timed))}
+               for k in keys}
+        total = sum(v["ms"] for v in ops.values())
+        for v in ops.values():
+            v["share"] = v["ms"] / total if total else 0.0
+        out[n] = {"threads": n, "runs": len(timed), "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1]["ms"])),
+                  "total_ms": total, "wall_ms_with_profiler": wall_ms, "groups": sum(v["calls"] for v in ops.values()),
+                  "time_unit": "ms (ORT profiler's kernel times)"}
+    return out
+
+
 def write_profile(r: dict, folder: Path) -> None:
     import json
 
@@ -156,13 +207,29 @@ def run_profile(arch: str = "large", width: float = 1.0, resolution: int = 224, 
                                              mode="bilinear", align_corners=False)
     x = photos[:1]
     with torch.no_grad():
-        programs = {"fp32": export_program(model, x),
+        # BN folded first, as the shipped program has it (XNNPACK folds conv+BN only inside one partition,
+        # and per-op lowering puts each op in its own, which would time every BN separately)
+        from torch.fx.experimental.optimization import fuse
+
+        programs = {"fp32": export_program(fuse(copy.deepcopy(model).eval()), x),
                     "int8": export_program(quantize_ptq(model, photos[:32], progress=False), x)}
-    out = {"model": f"{arch} {width:g} @ {resolution}", "profiles": {}}
+    out = {"model": f"{arch} {width:g} @ {resolution}", "profiles": {}, "ort_profiles": {}}
     for prec, program in programs.items():
         log(f"[profile] {prec}: per-op lowering, then {runs} runs at {list(threads)} thread(s)")
         for n, prof in profile_pte(program, x, list(threads), runs).items():
             out["profiles"][f"{prec}@{n}"] = prof
+    from mbv3_mobile.export.onnx.convert import export_onnx, quantize_onnx_int8, simplify_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # the bench's ORT peer: the simplified graph before the mobile-EP rewrite (the "server graph")
+        # and its QDQ int8, calibrated on the same photos as the .pte int8
+        export_onnx(model, resolution, Path(tmp) / "raw.onnx")
+        simplify_onnx(Path(tmp) / "raw.onnx", Path(tmp) / "fp32.onnx")
+        quantize_onnx_int8(Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx", photos[:32])
+        for prec in ("fp32", "int8"):
+            log(f"[profile] ONNX Runtime {prec}: ORT's profiler, {runs} runs at {list(threads)} thread(s)")
+            for n, prof in profile_ort(Path(tmp) / f"{prec}.onnx", x, list(threads), runs).items():
+                out["ort_profiles"][f"{prec}@{n}"] = prof
     return out
 
 
@@ -192,4 +259,19 @@ def profile_markdown(r: dict) -> str:
                       "XNNPACK's partitioner has no int8 kernel for them): "
                       + ", ".join(f"{k} x{v}" for k, v in p["fp32_islands"].items())]
         lines.append("")
+    if r.get("ort_profiles"):
+        lines += ["# ONNX Runtime for comparison (CPU EP, ORT's profiler; the bench's server graph and its QDQ int8)", "",
+                  "ORT runs its whole optimised graph: conv + activation fusions, NCHWc blocked layout (ReorderInput / "
+                  "ReorderOutput are its layout conversions). Kernel times summed per op type, medians per inference.", ""]
+        for key, p in r["ort_profiles"].items():
+            lines += [f"## ORT {key} thread(s): {p['total_ms']:.2f} ms in {p['groups']} kernels "
+                      f"(wall with the profiler {p['wall_ms_with_profiler']:.2f} ms)", "",
+                      "| op type | ms / inference | share | kernels |", "|---|---|---|---|"]
+            lines += [f"| {op} | {v['ms']:.3f} | {v['share']:.1%} | {v['calls']} |" for op, v in p["ops"].items()]
+            pte = r["profiles"].get(key)
+            if pte:
+                conv = lambda ops, want: sum(v["ms"] for k, v in ops.items() if any(w in k.lower() for w in want))  # noqa: E731
+                lines += ["", f"Convolutions: ORT {conv(p['ops'], ('conv',)):.2f} ms vs .pte "
+                          f"{conv(pte['ops'], ('convolution',)):.2f} ms (per-op lowering) at {key}."]
+            lines.append("")
     return "\n".join(lines)
