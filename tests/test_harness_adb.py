@@ -97,7 +97,12 @@ def test_benchmark_through_adb_end_to_end(adb, fake_devices, harness_runner, har
         assert (out / m["etdump"]).stat().st_size > 0
     assert ms[("model.bpte", 2)]["verification"]["status"] == "pass"
     assert ms[(WEIRD, 1)]["verification"]["status"] == "skipped"
-    assert (out / "results.md").read_text().count("| native |") == 4
+    md = (out / "results.md").read_text()
+    table, _, picks = md.partition("## Threads to ship")
+    assert table.count("| native |") == 4  # the measurements: 2 models x 2 thread counts
+    assert picks.count("| native |") == 2  # and per model the count to ship on this device
+    assert {p["variant"] for p in results["recommended_threads"]} == {WEIRD, "model.bpte"}
+    assert f"{WEIRD} (native): use " in proc.stdout
     # Per-op profile from the pulled ETDump: XNNPACK's own operators, not just one DELEGATE_CALL.
     ops = results["profiles"]["model.bpte"]
     assert isinstance(ops, list) and any("Convolution" in o["op"] for o in ops), ops

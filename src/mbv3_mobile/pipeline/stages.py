@@ -176,3 +176,25 @@ def _measured(path: Path) -> dict:
     if path.is_dir():
         return {str(p.relative_to(path)): sha256_file(p) for p in sorted(path.rglob("*")) if p.is_file()}
     return {path.name: sha256_file(path)}
+
+
+def time_threads(ctx: StageContext, opener: Callable, path: Path, runtime: str) -> dict:
+    """A format's `threads` stage: the artifact at `path`, opened by the bench's `opener(path,
+    threads, x)`, timed at 1, 2, 4 .. usable cores (`core.threads.measure_threads`); the meta the
+    package stage puts in the manifest (`variants.<v>.threads`)."""
+    import numpy as np
+
+    from mbv3_mobile.core.threads import measure_threads
+
+    r = ctx.inputs["resolve"].meta["preprocessing"]["resolution"]
+    # A CNN's latency does not depend on the pixel values: a fixed normal tensor stands in for a picture.
+    x = np.random.default_rng(0).standard_normal((1, 3, r, r)).astype(np.float32)
+
+    def open_at(n: int):
+        run, keep = opener(str(path), n, x)
+        return lambda: (run(), keep)
+
+    measured = measure_threads(open_at, runtime=runtime)
+    ctx.log(f"use {measured['recommended']} thread(s): "
+            + ", ".join(f"{n}: {ms:.2f} ms" for n, ms in measured["p50_ms"].items()))
+    return {"threads": measured}

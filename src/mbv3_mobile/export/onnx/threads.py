@@ -4,27 +4,15 @@ replayed, as an app opens it) at 1, 2, 4, ... usable cores of the export host; t
 
 from __future__ import annotations
 
-import numpy as np
-
-from mbv3_mobile.core.threads import host_identity, measure_threads
+from mbv3_mobile.core.threads import host_identity
 from mbv3_mobile.export.onnx.bench_open import open_ort_session
 from mbv3_mobile.pipeline.runner import StageContext
+from mbv3_mobile.pipeline.stages import time_threads
 
 
 def threads(ctx: StageContext) -> dict:
-    model = str(ctx.inputs["ort_format"].out("model"))
-    r = ctx.inputs["resolve"].meta["preprocessing"]["resolution"]
-    # A CNN's latency does not depend on the pixel values: a fixed normal tensor stands in for a picture.
-    x = np.random.default_rng(0).standard_normal((1, 3, r, r)).astype(np.float32)
-
-    def open_at(n: int):
-        run, keep = open_ort_session(model, n, x)
-        return lambda: (run(), keep)
-
-    measured = measure_threads(open_at, runtime="ONNX Runtime (CPU EP, .ort with saved fusions)")
-    ctx.log(f"use {measured['recommended']} thread(s): "
-            + ", ".join(f"{n}: {ms:.2f} ms" for n, ms in measured["p50_ms"].items()))
-    return {"threads": measured}
+    return time_threads(ctx, open_ort_session, ctx.inputs["ort_format"].out("model"),
+                        "ONNX Runtime (CPU EP, .ort with saved fusions)")
 
 
 def threads_fingerprint(ctx: StageContext) -> dict:

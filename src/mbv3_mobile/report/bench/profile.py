@@ -233,17 +233,24 @@ def run_profile(arch: str = "large", width: float = 1.0, resolution: int = 224, 
     return out
 
 
+def _op_table(heading: str, ops: dict, count: str) -> list[str]:
+    return [heading, "", f"| op type | ms / inference | share | {count} |", "|---|---|---|---|",
+            *(f"| {op} | {v['ms']:.3f} | {v['share']:.1%} | {v['calls']} |" for op, v in ops.items())]
+
+
+def _ms_of(ops: dict, word: str) -> float:
+    """Time of the op types whose name holds `word` (e.g. every convolution group)."""
+    return sum(v["ms"] for k, v in ops.items() if word in k.lower())
+
+
 def profile_markdown(r: dict) -> str:
     lines = [f"# Per-op profile: {r['model']} .pte (ETDump + Inspector, per-op lowering)", "",
              "Each op (or quantized dq->op->q group) lowered as its own XNNPACK delegate call, timed by ETDump; "
              "medians per inference. Cross-op fusion is lost in this mode, so the total is above the shipped "
              "program's latency: read shares, not absolute times.", ""]
     for key, p in r["profiles"].items():
-        lines += [f"## {key} thread(s): {p['total_ms']:.2f} ms in {p['groups']} delegate calls "
-                  f"(wall with ETDump {p['wall_ms_with_etdump']:.2f} ms)", "",
-                  "| op type | ms / inference | share | calls |", "|---|---|---|---|"]
-        for op, v in p["ops"].items():
-            lines.append(f"| {op} | {v['ms']:.3f} | {v['share']:.1%} | {v['calls']} |")
+        lines += _op_table(f"## {key} thread(s): {p['total_ms']:.2f} ms in {p['groups']} delegate calls "
+                           f"(wall with ETDump {p['wall_ms_with_etdump']:.2f} ms)", p["ops"], "calls")
         fp32 = sum(v["ms"] for k, v in p["ops"].items() if "(+q/dq)" not in k and k != "quantize/dequantize")
         conv = sum(v["ms"] for k, v in p["ops"].items() if k == "quantize/dequantize")
         layout = sum(v["ms"] for k, v in p["ops"].items() if "_to_dim_order_copy" in k or "clone" in k)
@@ -264,14 +271,11 @@ def profile_markdown(r: dict) -> str:
                   "ORT runs its whole optimised graph: conv + activation fusions, NCHWc blocked layout (ReorderInput / "
                   "ReorderOutput are its layout conversions). Kernel times summed per op type, medians per inference.", ""]
         for key, p in r["ort_profiles"].items():
-            lines += [f"## ORT {key} thread(s): {p['total_ms']:.2f} ms in {p['groups']} kernels "
-                      f"(wall with the profiler {p['wall_ms_with_profiler']:.2f} ms)", "",
-                      "| op type | ms / inference | share | kernels |", "|---|---|---|---|"]
-            lines += [f"| {op} | {v['ms']:.3f} | {v['share']:.1%} | {v['calls']} |" for op, v in p["ops"].items()]
+            lines += _op_table(f"## ORT {key} thread(s): {p['total_ms']:.2f} ms in {p['groups']} kernels "
+                               f"(wall with the profiler {p['wall_ms_with_profiler']:.2f} ms)", p["ops"], "kernels")
             pte = r["profiles"].get(key)
             if pte:
-                conv = lambda ops, want: sum(v["ms"] for k, v in ops.items() if any(w in k.lower() for w in want))  # noqa: E731
-                lines += ["", f"Convolutions: ORT {conv(p['ops'], ('conv',)):.2f} ms vs .pte "
-                          f"{conv(pte['ops'], ('convolution',)):.2f} ms (per-op lowering) at {key}."]
+                lines += ["", f"Convolutions: ORT {_ms_of(p['ops'], 'conv'):.2f} ms vs .pte "
+                          f"{_ms_of(pte['ops'], 'convolution'):.2f} ms (per-op lowering) at {key}."]
             lines.append("")
     return "\n".join(lines)
