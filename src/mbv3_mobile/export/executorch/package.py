@@ -55,4 +55,3 @@ def _readme(name: str, resolved: dict, variants: list[str], table: str, pictures
         rule=pre.describe(), num_classes=resolved["config"]["num_classes"], artifact=f"{ARTIFACT[variants[-1]]}.pte",
         kotlin=snippets.kotlin(pre), python=snippets.python(pre), pictures=pictures, table=table,
         threads=threads[variants[-1]]["recommended"], threads_table=threads_table({f"{ARTIFACT[v]}.pte": threads[v] for v in variants}))
-
