@@ -31,6 +31,10 @@ def test_artifacts_manifest_and_figures(onnx_run):
     assert fp32["images"] == 500 and fp32["top1_agreement"] == 1.0 and fp32["max_abs_dlogit"] <= 1e-4
     assert int8["images"] == 10000 and int8["top1_drop"] <= 0.005
     assert fp32["reference_top1"] > 0.5  # a trained model, not chance (10 %)
+    picked = manifest["variants"]["fp32"]["threads"]  # the .ort timed at 1 .. every usable core of this host
+    assert "1" in picked["p50_ms"] and str(picked["recommended"]) in picked["p50_ms"]
+    readme = (folder / "README.md").read_text()
+    assert f"setIntraOpNumThreads({picked['recommended']})" in readme and "## Threads" in readme
 
 
 def test_rerun_is_cached_and_a_parameter_reruns_only_downstream(onnx_run):
