@@ -129,14 +129,19 @@ def train_val_split(dataset: ArrayDataset, val_fraction: float = 1 / 12, seed: i
     return dataset.subset(torch.cat(train_idx).sort().values), dataset.subset(torch.cat(val_idx).sort().values)
 
 
-def balanced_subset(dataset: ArrayDataset, per_class: int, seed: int = 0) -> ArrayDataset:
-    """The first `per_class` images of each class after a seeded shuffle (calibration, CI checks)."""
+def balanced_indices(dataset: ArrayDataset, per_class: int, seed: int = 0) -> torch.Tensor:
+    """Sorted indices of the first `per_class` images of each class after a seeded shuffle."""
     gen = torch.Generator().manual_seed(seed)
     picks = []
     for c in range(len(dataset.classes)):
         idx = torch.nonzero(dataset.labels == c).flatten()
         picks.append(idx[torch.randperm(len(idx), generator=gen)[:per_class]])
-    return dataset.subset(torch.cat(picks).sort().values)
+    return torch.cat(picks).sort().values
+
+
+def balanced_subset(dataset: ArrayDataset, per_class: int, seed: int = 0) -> ArrayDataset:
+    """The first `per_class` images of each class after a seeded shuffle (calibration, CI checks)."""
+    return dataset.subset(balanced_indices(dataset, per_class, seed))
 
 
 # ---------------------------------------------------------------- ImageFolder

@@ -22,6 +22,7 @@ from mbv3_mobile.data.datasets import (
     ArrayDataset,
     DataError,
     ImageFolderDataset,
+    balanced_indices,
     load_fashion_mnist,
 )
 from mbv3_mobile.data.pictures import Pictures, load_pictures, sample_photos
@@ -40,13 +41,7 @@ def chosen_indices(ds: ArrayDataset, limit: int | None, seed: int) -> torch.Tens
     """The indices `limited` keeps (None: all): `balanced_subset`'s pick, then `limit` of those."""
     if limit is None or limit >= len(ds):
         return None
-    per_class = -(-limit // len(ds.classes))
-    gen = torch.Generator().manual_seed(seed)
-    picks = []
-    for c in range(len(ds.classes)):  # as balanced_subset, keeping the indices
-        idx = torch.nonzero(ds.labels == c).flatten()
-        picks.append(idx[torch.randperm(len(idx), generator=gen)[:per_class]])
-    pool = torch.cat(picks).sort().values
+    pool = balanced_indices(ds, -(-limit // len(ds.classes)), seed)
     keep = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:limit]
     return pool[keep.sort().values]
 

@@ -1,7 +1,7 @@
-"""Where int8 loses fidelity: per-module SNR of a converted PT2E graph against eager fp32, and the
-logits' SNR when single layers are left in fp32 (sensitivity). Reads the graph itself (PT2E keeps
-every node's `nn_module_stack`), so no runtime is involved: the reference q/dq math that XNNPACK
-implements.
+"""Where int8 loses fidelity: per-module outputs of a converted PT2E graph, to set against eager
+fp32 (`quantize.mixed` ranks layers with them; runtimes' per-module outputs are compared in
+`verify.sensitivity`). Reads the graph itself (PT2E keeps every node's `nn_module_stack`), so no
+runtime is involved: the reference q/dq math that XNNPACK implements.
 
 A module's int8 output is the value its consumers see: its last compute node's output after the
 quantize -> dequantize pair that follows it, so the output rounding of each layer is counted.
@@ -9,13 +9,7 @@ quantize -> dequantize pair that follows it, so the output rounding of each laye
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from dataclasses import dataclass
-
 import torch
-from torch import nn
-
-from mbv3_mobile.verify.compare import snr_db
 
 
 def _is_qdq(node: torch.fx.Node) -> bool:
@@ -73,43 +67,3 @@ def graph_module_outputs(graph: torch.fx.GraphModule, images: torch.Tensor) -> d
     with torch.no_grad():
         Capture(graph).run(images)
     return values
-
-
-def eager_module_outputs(model: nn.Module, images: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
-    outputs: OrderedDict[str, torch.Tensor] = OrderedDict()
-    hooks = [m.register_forward_hook(lambda _m, _i, out, n=name: outputs.__setitem__(n, out.detach()))
-             for name, m in model.named_modules() if name]
-    try:
-        with torch.no_grad():
-            model.eval()(images)
-    finally:
-        for h in hooks:
-            h.remove()
-    return outputs
-
-
-@dataclass
-class LayerSNR:
-    module: str
-    kind: str
-    snr_db: float
-
-
-def per_module_snr(model: nn.Module, graph: torch.fx.GraphModule, images: torch.Tensor,
-                   kinds: tuple[type, ...] = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.Hardswish, nn.Hardsigmoid,
-                                              nn.ReLU)) -> list[LayerSNR]:
-    """SNR (dB) of each module's int8 output against eager, in execution order: where error enters
-    (a drop from one layer to the next) and where it grows."""
-    from mbv3_mobile.verify.drift import folded_batchnorm
-
-    eager = eager_module_outputs(model, images)
-    # PT2E folds each BatchNorm into the conv before it: the conv's value is the BN's output
-    quant = folded_batchnorm(model, graph_module_outputs(graph, images))
-    modules = dict(model.named_modules())
-    out = []
-    for name, ref in eager.items():
-        got = quant.get(name)
-        if got is None or got.shape != ref.shape or not isinstance(modules.get(name), kinds):
-            continue
-        out.append(LayerSNR(name, type(modules[name]).__name__, snr_db(ref, got)))
-    return out

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from mbv3_mobile.quantize.analysis import _module_path, snr_db
+from mbv3_mobile.quantize.analysis import _module_path
+from mbv3_mobile.verify.compare import snr_db
 
 
 def _observers(prepared: torch.fx.GraphModule) -> list[torch.fx.Node]:
@@ -34,7 +35,7 @@ def layers(prepared: torch.fx.GraphModule) -> list[str]:
     """Quantized compute layers (convolutions and linears), in graph order."""
     out = []
     for node in prepared.graph.nodes:
-        if node.op == "call_function" and ("conv" in str(node.target) or "linear" in str(node.target)):
+        if _is_compute(node):
             path = _module_path(node)
             if path and path not in out:
                 out.append(path)
@@ -174,20 +175,20 @@ def shortlist(prepared: torch.fx.GraphModule, float_model: nn.Module, images: to
     """The `k` quantized layers where the most SNR is lost (SNR of the previous layer's output minus
     this layer's, int8 graph vs eager, one pass): candidates for the exact ranking, which needs one
     converted graph per layer. A layer followed by a BatchNorm reports the BN's output (folded)."""
-    from mbv3_mobile.quantize.analysis import eager_module_outputs, graph_module_outputs
+    from mbv3_mobile.quantize.analysis import graph_module_outputs
+    from mbv3_mobile.verify.drift import eager_module_tensors, folded_batchnorm
 
     names = layers(prepared)
     if len(names) <= k:
         return names
-    eager = eager_module_outputs(float_model.eval(), images)
-    quant = graph_module_outputs(convert_with_fp32(prepared), images)
-    modules = dict(float_model.named_modules())
+    eager = eager_module_tensors(float_model.eval(), images)
+    quant = folded_batchnorm(float_model, graph_module_outputs(convert_with_fp32(prepared), images))
     lost, previous = {}, None
     for name in names:
         parent, _, index = name.rpartition(".")
         bn = f"{parent}.{int(index) + 1}" if index.isdigit() else ""
-        ref = eager.get(bn if isinstance(modules.get(bn), nn.BatchNorm2d) else name)
-        got = quant.get(name)
+        key = bn if bn in quant else name  # a folded conv's value sits at its BN's path
+        ref, got = eager.get(key), quant.get(key)
         if ref is None or got is None or ref.shape != got.shape:
             continue
         value = snr_db(ref, got)

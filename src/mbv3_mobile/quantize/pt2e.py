@@ -63,8 +63,9 @@ import torch
 from torch import nn
 
 from mbv3_mobile.core.errors import UserError
-from mbv3_mobile.data.datasets import ArrayDataset, BatchTransform, balanced_subset, load_fashion_mnist
+from mbv3_mobile.data.datasets import ArrayDataset, BatchTransform, load_fashion_mnist
 from mbv3_mobile.data.preprocess import Preprocessing
+from mbv3_mobile.data.selection import limited
 
 # torchao's PT2E QAT conv+BN patterns hard-code this eps (see the module docstring).
 TORCHAO_QAT_BN_EPS = 1e-5
@@ -99,10 +100,7 @@ def real_images(
     data = dataset if dataset is not None else load_fashion_mnist(split)
     if num_images > len(data):
         raise QuantizationError(f"asked for {num_images} images but the dataset holds {len(data)}")
-    per_class = math.ceil(num_images / len(data.classes))
-    pool = balanced_subset(data, per_class, seed=seed)
-    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))[:num_images]
-    pool = pool.subset(order.sort().values)
+    pool = limited(data, num_images, seed)  # the pipelines' own pick: the same pictures for the same seed
     return BatchTransform(preprocessing)(pool.images), pool.labels.clone()
 
 

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 
-def eager_module_outputs(model: torch.nn.Module, image: torch.Tensor) -> OrderedDict[str, np.ndarray]:
-    """Output of every named module for one input, in the order the modules finished."""
-    outputs: OrderedDict[str, np.ndarray] = OrderedDict()
+def eager_module_tensors(model: torch.nn.Module, images: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+    """Output of every named module (tensor outputs only), in the order the modules finished."""
+    outputs: OrderedDict[str, torch.Tensor] = OrderedDict()
     hooks = []
     for name, module in model.named_modules():
         if not name:
@@ -27,16 +27,21 @@ def eager_module_outputs(model: torch.nn.Module, image: torch.Tensor) -> Ordered
 
         def hook(_m, _inp, out, name=name):
             if isinstance(out, torch.Tensor):
-                outputs[name] = out.detach().float().numpy().copy()
+                outputs[name] = out.detach()
 
         hooks.append(module.register_forward_hook(hook))
     try:
         with torch.no_grad():
-            model.eval()(image)
+            model.eval()(images)
     finally:
         for h in hooks:
             h.remove()
     return outputs
+
+
+def eager_module_outputs(model: torch.nn.Module, image: torch.Tensor) -> OrderedDict[str, np.ndarray]:
+    """`eager_module_tensors` as float32 numpy arrays (what the formats' runtimes report)."""
+    return OrderedDict((n, t.float().numpy().copy()) for n, t in eager_module_tensors(model, image).items())
 
 
 @dataclass

@@ -12,10 +12,11 @@ times on a shared 2-core host are noise, ratios much less so. Also measured: art
 time and peak RSS (each in a fresh process), export time per stage (cold and cached), training
 throughput, achieved G(FL)OP/s against the FP32 and int8 rooflines of this CPU, goals judged per
 model, and the recommended thread count per runtime. `--sweep` (sweep.py) times arch x width x
-resolution for latency vs MACs; `--profile` (profile.py) gives per-op ETDump profiles.
+resolution for latency vs MACs; `--profile` (profile.py) gives per-op profiles (ETDump for the
+.pte, ORT's profiler for its peer).
 
-Like parity, this is the cross-format room: it may import several formats' modules. Parameters,
-goals and aims live in `pipelines/05_bench.toml`.
+Like parity, this is the cross-format room: it may import several formats' modules. Parameters and
+goals live in `pipelines/05_bench.toml`.
 """
 
 from mbv3_mobile.report.bench.common import BASELINE, SCHEMA, BenchError

@@ -20,6 +20,11 @@ from mbv3_mobile.report.bench.common import BASELINE, BenchError
 DEFAULT_ON = ("large-224",)
 
 
+def native_key(key: str) -> str:
+    """The native runner's row for a `.pte` runtime key (other runtimes have one row)."""
+    return f"{key}_native" if key.startswith("pte_") else key
+
+
 def rotation(keys: list[str], round_index: int) -> list[str]:
     """Round r runs the runtimes starting at the r-th: each runtime takes every position in turn."""
     k = round_index % len(keys) if keys else 0
@@ -111,7 +116,7 @@ def evaluate_goals(latency: dict, goals: dict[str, float], model: str | None = N
             num = g["numerator"]
             den = next((d for d in g["denominators"] if d in med), g["denominators"][0])
             pairs = [(num, den)]
-            native = (f"{num}_native" if num.startswith("pte_") else num, f"{den}_native" if den.startswith("pte_") else den)
+            native = (native_key(num), native_key(den))
             if native != (num, den) and native[0] in med:
                 pairs.append(native)
             for a, b in pairs:

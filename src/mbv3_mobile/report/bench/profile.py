@@ -195,16 +195,12 @@ def run_profile(arch: str = "large", width: float = 1.0, resolution: int = 224, 
                 runs: int = 20, log=print) -> dict:
     """Profiles of the fp32 and the int8 (PT2E PTQ, XNNPACKQuantizer) programs of a random-BN
     model at each thread count, plus the fused (shipped) program's latency for reference."""
-    from mbv3_mobile.data.pictures import sample_photos
-    from mbv3_mobile.data.preprocess import preset
     from mbv3_mobile.export.torch_export import export_program
     from mbv3_mobile.quantize.pt2e import quantize_ptq
-    from mbv3_mobile.report.bench.workload import randomized_model
+    from mbv3_mobile.report.bench.workload import photo_batch, randomized_model
 
     model = randomized_model(arch, width, resolution=resolution)
-    pre = preset("torchvision-v1")
-    photos = torch.nn.functional.interpolate(sample_photos(pre).normalized(pre), size=(resolution, resolution),
-                                             mode="bilinear", align_corners=False)
+    photos = photo_batch(resolution)
     x = photos[:1]
     with torch.no_grad():
         # BN folded first, as the shipped program has it (XNNPACK folds conv+BN only inside one partition,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mbv3_mobile.report.bench.goals import native_key
+
 
 def _fmt(v, spec=".3f", none="–"):
     return none if v is None else format(v, spec)
@@ -36,8 +38,7 @@ def findings(r: dict) -> list[str]:
         n = g["threads"]
         if g["kind"] == "ratio":
             med = lat[n]["medians_ms"]
-            nat = by_pair.get((f"{g['numerator']}_native" if g["numerator"].startswith("pte_") else g["numerator"],
-                               f"{g['denominator']}_native" if g["denominator"].startswith("pte_") else g["denominator"], n))
+            nat = by_pair.get((native_key(g["numerator"]), native_key(g["denominator"]), n))
             if nat and nat["verdict"] == "pass":
                 over = {k: med[k] - med[f"{k}_native"] for k in ("pte_fp32", "pte_int8") if k in med and f"{k}_native" in med}
                 line += (f"; the same .pte in the native runner passes ({nat['value']:.3f}), so the program is not the "
@@ -173,7 +174,7 @@ def markdown(r: dict) -> str:
         lines += ["", f"## Training throughput: {t['skipped']}"]
     else:
         lines += training_lines(t)
-    r_export(r, lines)
+    append_export_section(r, lines)
     return "\n".join(lines)
 
 
@@ -190,7 +191,7 @@ def training_lines(t: dict) -> list[str]:
     return lines
 
 
-def r_export(r: dict, lines: list[str]) -> None:
+def append_export_section(r: dict, lines: list[str]) -> None:
     e = r["export"]
     lines += ["", f"## Export time per stage ({e['mode']})", "", e["note"] + ".", "",
               "| pipeline | stage | cold s | cached s |", "|---|---|---|---|"]

@@ -80,10 +80,7 @@ def resolve_params(params: dict) -> tuple[dict, dict]:
         least = 0 if k.endswith("warmup") else 1
         if p[k] < least:
             raise BenchError(f"--{k.replace('_', '-')} must be >= {least}, got {p[k]}")
-    for k in ("rounds", "iters", "train_rounds"):
-        if p[k] < 1:
-            raise BenchError(f"--{k.replace('_', '-')} must be >= 1, got {p[k]}")
-    for k in ("sweep_iters", "sweep_rounds"):
+    for k in ("rounds", "iters", "train_rounds", "sweep_iters", "sweep_rounds"):
         if p[k] < 1:
             raise BenchError(f"--{k.replace('_', '-')} must be >= 1, got {p[k]}")
     return p, dict(spec.settings.get("goals", {}))

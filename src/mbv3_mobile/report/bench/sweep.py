@@ -22,7 +22,7 @@ import torch
 from mbv3_mobile.report.bench.common import BenchError
 from mbv3_mobile.report.bench.goals import rotation
 from mbv3_mobile.report.bench.host import thread_counts, usable_cores
-from mbv3_mobile.report.bench.workload import WEIGHTS_NOTE, randomized_model
+from mbv3_mobile.report.bench.workload import WEIGHTS_NOTE, photo_batch, randomized_model
 
 RUNTIMES = {"pte_fp32": ".pte fp32 (XNNPACK)", "pte_int8": ".pte int8 (XNNPACK, PT2E PTQ)",
             "ort_fp32": "ONNX Runtime fp32"}
@@ -58,13 +58,9 @@ def _artifacts(arch: str, width: float, res: int, keys: list[str], tmp: Path) ->
         files["pte_fp32"] = write_pte(export_to_executorch(model, example), tmp / "fp32.pte")
         seconds["pte_fp32"] = time.perf_counter() - t0
     if "pte_int8" in keys:
-        from mbv3_mobile.data.pictures import sample_photos
-        from mbv3_mobile.data.preprocess import preset
         from mbv3_mobile.quantize.pt2e import quantize_ptq
 
-        pre = preset("torchvision-v1")
-        calib = torch.nn.functional.interpolate(sample_photos(pre).normalized(pre)[:32], size=(res, res),
-                                                mode="bilinear", align_corners=False)
+        calib = photo_batch(res)[:32]
         t0 = time.perf_counter()
         files["pte_int8"] = write_pte(export_to_executorch(quantize_ptq(model, calib, progress=False), example),
                                       tmp / "int8.pte")

@@ -26,21 +26,29 @@ WEIGHTS_NOTE = ("random torchvision-layout weights with BatchNorm statistics cal
                 "(no ImageNet-trained weights offline): latency and MACs are the real model's, accuracy is not")
 
 
+def photo_batch(resolution: int) -> torch.Tensor:
+    """The bundled sample photos (torchvision-v1 preprocessing) as model input at `resolution`:
+    what calibrates the random models' BatchNorm and their int8 programs."""
+    from mbv3_mobile.data.pictures import sample_photos
+    from mbv3_mobile.data.preprocess import preset
+
+    pre = preset("torchvision-v1")
+    x = sample_photos(pre).normalized(pre)
+    if resolution != x.shape[-1]:
+        x = torch.nn.functional.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
+    return x
+
+
 def randomized_model(arch: str, width: float = 1.0, seed: int = 0, residual_scale: float = 0.05,
                      resolution: int = 224) -> torch.nn.Module:
     """`build_model(arch, width, 1000)` in eval mode with random weights that behave like a trained
     classifier's on real photos (see the module docstring)."""
-    from mbv3_mobile.data.pictures import sample_photos
-    from mbv3_mobile.data.preprocess import preset
     from mbv3_mobile.model.network import build_model
 
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     m = build_model(arch=arch, width=width, num_classes=1000)
-    pre = preset("torchvision-v1")
-    x = sample_photos(pre).normalized(pre)
-    if resolution != x.shape[-1]:
-        x = torch.nn.functional.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
+    x = photo_batch(resolution)
     for block in m.features:
         if getattr(block, "use_res_connect", False):
             block.block[-1][1].weight.data.mul_(residual_scale)
@@ -79,8 +87,7 @@ def workload_checkpoint(name: str, folder: Path | None = None) -> Path:
     """A torchvision-layout .pth for a named workload, made once (deterministic, seed 0) and kept in
     the cache so the export pipelines' cached stages are reused from run to run."""
     if name not in WORKLOADS:
-        raise BenchError(f"unknown bench model {name!r}: choose from {DEFAULT}, {', '.join(WORKLOADS)} "
-                         "or a checkpoint path")
+        raise _unknown(name)
     from mbv3_mobile.pipeline.runner import cache_dir
 
     arch, width, _res = WORKLOADS[name]
@@ -92,6 +99,10 @@ def workload_checkpoint(name: str, folder: Path | None = None) -> Path:
         torch.save(randomized_model(arch, width).state_dict(), tmp)
         tmp.replace(path)
     return path
+
+
+def _unknown(name: str) -> BenchError:
+    return BenchError(f"unknown bench model {name!r}: choose from {DEFAULT}, {', '.join(WORKLOADS)} or a checkpoint path")
 
 
 def resolve_models(spec: list[str], checkpoint: str) -> list[tuple[str, str, str | None]]:
@@ -108,8 +119,7 @@ def resolve_models(spec: list[str], checkpoint: str) -> list[tuple[str, str, str
         elif Path(name).is_file():
             out.append((Path(name).stem, name, None))
         else:
-            raise BenchError(f"unknown bench model {name!r}: choose from {DEFAULT}, {', '.join(WORKLOADS)} "
-                             "or a checkpoint path")
+            raise _unknown(name)
     if not out:
         raise BenchError("--models is empty: name at least one model (default, large-224, small-224)")
     return out
