@@ -34,6 +34,7 @@ def test_published_folder_and_manifest(android_run):
         assert manifest["variants"][variant]["bundle_check"]["cases"] == 4
         threads = manifest["variants"][variant]["threads"]  # timed on this host at 1 .. every usable core
         assert str(threads["recommended"]) in threads["p50_ms"] and "1" in threads["p50_ms"]
+    assert manifest["variants"]["ptq"]["fp32_layers"] == ["features.0.0", "features.1.block.0.0"]  # the recipe's float stem
     int8_threads = manifest["variants"]["ptq"]["threads"]["recommended"]
     assert f"Module.LOAD_MODE_MMAP, {int8_threads})" in (folder / "README.md").read_text()
 

@@ -2,9 +2,10 @@
 quantization-aware training (QAT), both calibrated/trained on real images only.
 
 Both paths use executorch's `XNNPACKQuantizer` with per-channel symmetric int8 weights and
-per-tensor affine int8 activations, and return a converted PT2E `GraphModule` (q/dq reference
-graph, float input and output) that `export_executorch.export_program` + `lower` turn into an
-XNNPACK .pte.
+per-tensor affine int8 activations, except that the stem and the first block's first conv stay
+fp32 (`_recipe`: the stem's channels are too unequal for one per-tensor scale; `float_stem=False`
+turns it off), and return a converted PT2E `GraphModule` (q/dq reference graph, float input and
+output) that `export_executorch.export_program` + `lower` turn into an XNNPACK .pte.
 
     calib = calibration_images(ckpt.preprocessing, 512)             # real training images
     ptq = quantize_ptq(ckpt.model, calib)
@@ -114,14 +115,29 @@ def calibration_images(
 # ---------------------------------------------------------------- PT2E plumbing
 
 
-def xnnpack_quantizer(*, qat: bool = False):
-    """executorch's XNNPACKQuantizer: int8 per-channel symmetric weights, per-tensor affine activations."""
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
+def xnnpack_quantizer(*, qat: bool = False, float_stem: bool = True):
+    """executorch's XNNPACKQuantizer (int8 per-channel symmetric weights, per-tensor affine
+    activations) with this project's recipe: the stem edge stays float (`_recipe`; `float_stem=False`:
+    every conv and linear int8, XNNPACKQuantizer as it is)."""
+    from mbv3_mobile.quantize._recipe import MobileNetV3Quantizer
 
-    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
+    return MobileNetV3Quantizer(qat=qat, float_stem=float_stem)
+
+
+def float_layers(graph: torch.fx.GraphModule) -> list[str]:
+    """Module paths of the convolutions / linears a converted int8 graph runs in float (weights not
+    dequantized from int8): the recipe's stem edge plus any mixed-precision fallback."""
+    from mbv3_mobile.quantize.analysis import _module_path
+    from mbv3_mobile.quantize.mixed import _is_compute
+
+    out = []
+    for node in graph.graph.nodes:
+        weight = node.args[1] if _is_compute(node) and len(node.args) > 1 else None
+        if isinstance(weight, torch.fx.Node) and "dequantize" not in str(weight.target):
+            path = _module_path(node)
+            if path and path not in out:
+                out.append(path)
+    return out
 
 
 def _export_for_quantization(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
@@ -156,7 +172,7 @@ def _bar(iterable: Iterable, *, total: int, desc: str, enabled: bool):
 
 @torch.no_grad()
 def quantize_ptq(
-    model: nn.Module, calibration: torch.Tensor, *, batch_size: int = 64, progress: bool = True
+    model: nn.Module, calibration: torch.Tensor, *, batch_size: int = 64, float_stem: bool = True, progress: bool = True
 ) -> torch.fx.GraphModule:
     """Post-training int8 quantization (PT2E + XNNPACKQuantizer), calibrated on `calibration`.
 
@@ -166,12 +182,12 @@ def quantize_ptq(
     """
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
-    return convert_pt2e(calibrate_ptq(model, calibration, batch_size=batch_size, progress=progress))
+    return convert_pt2e(calibrate_ptq(model, calibration, batch_size=batch_size, float_stem=float_stem, progress=progress))
 
 
 @torch.no_grad()
 def calibrate_ptq(
-    model: nn.Module, calibration: torch.Tensor, *, batch_size: int = 64, progress: bool = True
+    model: nn.Module, calibration: torch.Tensor, *, batch_size: int = 64, float_stem: bool = True, progress: bool = True
 ) -> torch.fx.GraphModule:
     """The prepared PT2E graph with its observers calibrated on `calibration`, not yet converted:
     one calibration serves every mixed-precision candidate (`quantize.mixed.convert_with_fp32`)."""
@@ -180,7 +196,7 @@ def calibrate_ptq(
     _check_calibration(calibration, "PTQ")
     float_model = copy.deepcopy(model).eval()
     graph = _export_for_quantization(float_model, calibration[:2])
-    prepared = prepare_pt2e(graph, xnnpack_quantizer())
+    prepared = prepare_pt2e(graph, xnnpack_quantizer(float_stem=float_stem))
     chunks = _batches(calibration, batch_size)
     for x in _bar(chunks, total=len(chunks), desc="PTQ calibration", enabled=progress):
         prepared(x)
@@ -215,6 +231,7 @@ class QATConfig:
     freeze_observers_at: float = 0.6  # fraction of steps after which weight (and activation) qparams are fixed
     observe_activations: bool = False  # True: activation ranges follow a moving average until the freeze
     calibration_batch_size: int = 64
+    float_stem: bool = True  # the recipe's float stem edge (quantize._recipe), as in PTQ
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -294,17 +311,22 @@ def _calibrate_observers(prepared: torch.fx.GraphModule, calibration: torch.Tens
     prepared.apply(enable_fake_quant)
 
 
-def prepare_qat(model: nn.Module, calibration: torch.Tensor, *, batch_size: int = 64, progress: bool = False) -> torch.fx.GraphModule:
+def prepare_qat(model: nn.Module, calibration: torch.Tensor, *, batch_size: int = 64, float_stem: bool = True,
+                progress: bool = False) -> torch.fx.GraphModule:
     """QAT-ready graph: BN eps re-parameterised, PT2E QAT prepared, BN/dropout in eval mode,
     observers initialised on `calibration` (real images), fake-quant on. Exposed for tests/debugging;
     `quantize_qat` is the one-call path."""
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
+    from mbv3_mobile.quantize._recipe import fold_stem_batchnorm
+
     _check_calibration(calibration, "QAT")
-    qat_model = reparameterize_bn_eps(model).train()
-    graph = _export_for_quantization(qat_model, calibration[:2])
-    prepared = prepare_qat_pt2e(graph, xnnpack_quantizer(qat=True))
+    qat_model = reparameterize_bn_eps(model)
+    if float_stem:
+        qat_model = fold_stem_batchnorm(qat_model, _export_for_quantization(qat_model, calibration[:2]))
+    graph = _export_for_quantization(qat_model.train(), calibration[:2])
+    prepared = prepare_qat_pt2e(graph, xnnpack_quantizer(qat=True, float_stem=float_stem))
     # Frozen BN statistics (and no dropout) for the whole fine-tune: the fused QAT conv+BN then
     # equals the folded conv that convert_pt2e emits (module docstring).
     move_exported_model_to_eval(prepared)
@@ -336,7 +358,8 @@ def quantize_qat(
     if len(train_data) == 0:
         raise QuantizationError("QAT needs real training images; the dataset is empty")
     torch.manual_seed(config.seed)
-    prepared = prepare_qat(model, calibration, batch_size=config.calibration_batch_size, progress=progress)
+    prepared = prepare_qat(model, calibration, batch_size=config.calibration_batch_size, float_stem=config.float_stem,
+                           progress=progress)
     params = [p for p in prepared.parameters() if p.requires_grad]
     if not params:
         raise QuantizationError("the QAT graph has no trainable parameters")

@@ -26,7 +26,7 @@ def package(ctx: StageContext) -> dict:
     delegation = {v: ctx.inputs[f"lower[{v}]"].meta["delegation"] for v in variants}
     threads = {v: ctx.inputs[f"threads[{v}]"].meta["threads"] for v in variants}
     quant = {v: {k: val for k, val in ctx.inputs[f"quantize[{v}]"].meta.items()
-                 if k in ("quantization", "calibration_images", "qat", "scheme", "mixed_precision")} for v in variants}
+                 if k in ("quantization", "calibration_images", "qat", "scheme", "fp32_layers", "mixed_precision")} for v in variants}
 
     def build(folder: Path) -> None:
         for v in variants:

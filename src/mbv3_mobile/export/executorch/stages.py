@@ -34,6 +34,9 @@ def check_params(spec, params: dict) -> None:
         raise PipelineError(f"--int8-fallback {mode!r}: use auto, off, or comma-separated layer paths "
                             "of convolutions or linears (e.g. features.0.0,features.1.block.0.0; `mbv3 parity --sensitivity` "
                             "shows where error enters)")
+    if str(params.get("int8_stem", "float")) not in ("float", "int8"):
+        raise PipelineError(f"--int8-stem {params.get('int8_stem')!r}: use float (the stem and the first block's first "
+                            "conv in fp32, the default) or int8 (every conv and linear int8)")
     if params.get("int8_fallback_max", 1) < 1 or params.get("fallback_images", 10) < 10:
         raise PipelineError("--int8-fallback-max must be >= 1 and --fallback-images >= 10")
 
@@ -58,18 +61,23 @@ def quantize(ctx: StageContext) -> dict:
         calib = calib_pics.normalized(pre)
         ctx.log(f"PT2E {ctx.variant.upper()} with XNNPACKQuantizer, {len(calib)} real calibration pictures "
                 f"from {calib_pics.source}")
+        float_stem = ctx.params["int8_stem"] == "float"
         if ctx.variant == "ptq":
-            prepared = q.calibrate_ptq(model, calib, progress=ctx.progress)
+            prepared = q.calibrate_ptq(model, calib, float_stem=float_stem, progress=ctx.progress)
             model, info["mixed_precision"] = _int8_fallback(ctx, model, prepared)
         else:
             train = stage_pictures(ctx, "train")
-            cfg = q.QATConfig(steps=ctx.params["qat_steps"], lr=ctx.params["qat_lr"], seed=ctx.params["seed"])
+            cfg = q.QATConfig(steps=ctx.params["qat_steps"], lr=ctx.params["qat_lr"], seed=ctx.params["seed"],
+                              float_stem=float_stem)
             data = ArrayDataset(train.images, train.labels, train.classes)
             model = q.quantize_qat(model, data, pre, calib, cfg, progress=ctx.progress)
             info["qat"] = {"steps": cfg.steps, "lr": cfg.lr, "batch_size": cfg.batch_size, "train_data": train.source,
                            "train_pictures": len(train)}
-        info.update(calibration_images=len(calib), calibration=calib_pics.describe(),
-                    scheme="int8 per-channel symmetric weights, per-tensor affine activations")
+        fp32 = q.float_layers(model)
+        ctx.log(f"int8 {ctx.variant.upper()}: layers in fp32: {', '.join(fp32) if fp32 else 'none'}")
+        info.update(calibration_images=len(calib), calibration=calib_pics.describe(), fp32_layers=fp32,
+                    scheme="int8 per-channel symmetric weights, per-tensor affine activations"
+                    + (f"; in fp32: {', '.join(fp32)}" if fp32 else ""))
     with torch.no_grad():
         program = export_program(model, torch.zeros(1, 3, pre.resolution, pre.resolution))
     torch.export.save(program, ctx.out("program"))

@@ -65,8 +65,7 @@ def build_card(folder: str | os.PathLike, *, parity: str | os.PathLike | None = 
                          "gate_table": (pictures.get(variant) or {}).get("gate_table"),
                          **{k: f.get(k) for k in FIGURE_KEYS + LABELLED_KEYS + ("mean_abs_dlogit", "snr_db", "bounds", "counts")},
                          "gate": (manifest.get("variants") or {}).get(variant, {}).get("gate"),
-                         "fp32_layers": ((manifest.get("variants") or {}).get(variant, {}).get("mixed_precision") or {})
-                         .get("fp32_layers"),
+                         "fp32_layers": _fp32_layers((manifest.get("variants") or {}).get(variant, {})),
                          "reproduce": export_cmd})
     # ONNX packages ship each variant twice (.onnx and ORT format), each verified on its own.
     for variant, o in ((manifest.get("ort") or {}).get("variants") or {}).items():
@@ -209,3 +208,9 @@ def _harness_hint(manifest: dict, folder: Path) -> str | None:
         return None  # the harness runs .pte and .mlpackage files only
     # --target ios runs on a Mac with Xcode
     return f"nox -s harness -- --target {fmt.harness_target} --model {shlex.quote(str(folder))}"
+
+
+def _fp32_layers(variant: dict) -> list[str] | None:
+    """Layers an int8 variant runs in fp32: the recipe's float stem and any mixed-precision fallback
+    (older manifests list only the fallback's)."""
+    return variant.get("fp32_layers") or (variant.get("mixed_precision") or {}).get("fp32_layers")

@@ -88,7 +88,7 @@ def markdown(card: dict) -> str:
     if card["accuracy"]:
         a = card["accuracy"][0]
         L += [""] + [f"- {x['variant']}: {x['data']}, gate table `{x.get('gate_table') or '?'}`"
-                     + (f"; mixed precision, kept in fp32: {', '.join(f'`{n}`' for n in x['fp32_layers'])}"
+                     + (f"; layers in fp32: {', '.join(f'`{n}`' for n in x['fp32_layers'])}"
                         if x.get("fp32_layers") else "") for x in card["accuracy"]]
         L += ["", f"Evaluated in: {a['runtime']}. A negative drop means the variant scored "
               "higher than eager fp32 on these pictures. Bounds are one-sided 95 % bounds (Tango's score bounds for "
