@@ -25,7 +25,7 @@ from mbv3_mobile.report.bench.host import thread_counts, usable_cores
 from mbv3_mobile.report.bench.workload import WEIGHTS_NOTE, photo_batch, randomized_model
 
 RUNTIMES = {"pte_fp32": ".pte fp32 (XNNPACK)", "pte_int8": ".pte int8 (XNNPACK, PT2E PTQ)",
-            "ort_fp32": "ONNX Runtime fp32"}
+            "pte_int8_all": ".pte int8 with the stem int8 too (--int8-stem int8)", "ort_fp32": "ONNX Runtime fp32"}
 ARCHS = ("large", "small")
 
 
@@ -57,14 +57,16 @@ def _artifacts(arch: str, width: float, res: int, keys: list[str], tmp: Path) ->
         t0 = time.perf_counter()
         files["pte_fp32"] = write_pte(export_to_executorch(model, example), tmp / "fp32.pte")
         seconds["pte_fp32"] = time.perf_counter() - t0
-    if "pte_int8" in keys:
+    for key, float_stem in (("pte_int8", True), ("pte_int8_all", False)):  # the recipe's cost: its float stem
+        if key not in keys:
+            continue
         from mbv3_mobile.quantize.pt2e import quantize_ptq
 
         calib = photo_batch(res)[:32]
         t0 = time.perf_counter()
-        files["pte_int8"] = write_pte(export_to_executorch(quantize_ptq(model, calib, progress=False), example),
-                                      tmp / "int8.pte")
-        seconds["pte_int8"] = time.perf_counter() - t0
+        graph = quantize_ptq(model, calib, float_stem=float_stem, progress=False)
+        files[key] = write_pte(export_to_executorch(graph, example), tmp / f"{key}.pte")
+        seconds[key] = time.perf_counter() - t0
     if "ort_fp32" in keys:
         from mbv3_mobile.export.onnx.convert import export_onnx, simplify_onnx
 
@@ -132,15 +134,18 @@ def sweep_markdown(r: dict) -> str:
              f"rounds x {r['plan']['iters']} iterations per runtime after {r['plan']['warmup']} warm-up; medians (ms). "
              "No accuracy column: the weights are random.", "",
              "| arch | width | px | M MACs | " + " | ".join(f"{k} ms @{n}" for n in counts for k in keys)
-             + " | int8 / fp32 @" + counts[0] + " |", "|---|---|---|---|" + "---|" * (len(keys) * len(counts) + 1)]
+             + " | int8 / fp32 @" + counts[0] + " | float stem / all int8 @" + counts[0] + " |",
+             "|---|---|---|---|" + "---|" * (len(keys) * len(counts) + 2)]
     for pt in sorted(r["points"], key=lambda q: q["macs"]):
-        lat = pt["latency"]
-        ratio = (lat[counts[0]]["pte_int8"]["p50_ms"] / lat[counts[0]]["pte_fp32"]["p50_ms"]
-                 if {"pte_int8", "pte_fp32"} <= set(lat[counts[0]]) else None)
+        lat = pt["latency"][counts[0]]
         lines.append(f"| {pt['arch']} | {pt['width']:g} | {pt['resolution']} | {pt['macs'] / 1e6:.1f} | "
-                     + " | ".join(f"{lat[n][k]['p50_ms']:.3f}" for n in counts for k in keys)
-                     + f" | {'–' if ratio is None else f'{ratio:.2f}'} |")
+                     + " | ".join(f"{pt['latency'][n][k]['p50_ms']:.3f}" for n in counts for k in keys)
+                     + f" | {_ratio(lat, 'pte_int8', 'pte_fp32')} | {_ratio(lat, 'pte_int8', 'pte_int8_all')} |")
     return "\n".join(lines) + "\n"
+
+
+def _ratio(latency: dict, a: str, b: str) -> str:
+    return f"{latency[a]['p50_ms'] / latency[b]['p50_ms']:.3f}" if {a, b} <= set(latency) else "–"
 
 
 def plot_sweep(r: dict, path: Path) -> None:
@@ -151,7 +156,7 @@ def plot_sweep(r: dict, path: Path) -> None:
 
     counts = [str(n) for n in r["threads"]]
     fig, axes = plt.subplots(1, len(counts), figsize=(7 * len(counts), 5.5), squeeze=False)
-    markers = {"pte_fp32": "o", "pte_int8": "s", "ort_fp32": "^"}
+    markers = {"pte_fp32": "o", "pte_int8": "s", "pte_int8_all": "D", "ort_fp32": "^"}
     colors = {"large": "tab:blue", "small": "tab:orange"}
     for ax, n in zip(axes[0], counts, strict=True):
         for k in r["runtimes"]:
