@@ -124,7 +124,7 @@ def test_qat_graph_matches_eager_once_bn_eps_is_fixed(ckpt, calib):
 
     import copy
 
-    naive = prepare_qat_pt2e(_export_for_quantization(copy.deepcopy(ckpt.model).train(), calib[:2]), xnnpack_quantizer(qat=True))
+    naive = prepare_qat_pt2e(_export_for_quantization(copy.deepcopy(ckpt.model).train(), calib[:2]), xnnpack_quantizer(qat=True, float_stem=False))
     move_exported_model_to_eval(naive)
     naive.apply(disable_fake_quant)
     naive.apply(disable_observer)
