@@ -235,11 +235,11 @@ def fallback(prepared: torch.fx.GraphModule, float_model: nn.Module, held_out: t
     base = judge(convert_with_fp32(prepared))
     info["all_int8"] = base
     if base["verdict"] == "pass":
-        log(f"int8 fallback: all-int8 meets {', '.join(info['rules'])} on {len(held_out)} held-out pictures; no fp32 layers")
+        log(f"int8 fallback: the int8 model meets {', '.join(info['rules'])} on {len(held_out)} held-out pictures; no fallback layers")
         return convert_with_fp32(prepared), {**info, "fp32_layers": [], "chosen": base}
     ranked = held_out[:RANKING_PICTURES]
     short = shortlist(prepared, float_model, ranked, 3 * max_layers)
-    log(f"int8 fallback: all-int8 misses the gate on held-out pictures ({_figures(base)}); ranking the {len(short)} "
+    log(f"int8 fallback: the int8 model misses the gate on held-out pictures ({_figures(base)}); ranking the {len(short)} "
         f"of {len(known)} layers where most error enters")
     _, ranking = sensitivity(prepared, reference[: len(ranked)], ranked, short, progress=log)
     result = choose_fp32_layers(prepared, ranking, judge, max_layers=max_layers)
