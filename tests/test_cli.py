@@ -25,7 +25,8 @@ def test_bad_resolution_is_a_clean_error(capsys):
 
 
 def test_every_option_of_every_command_explains_itself():
-    """Every option in every `mbv3` command's --help has a help line (pipeline options: from [help])."""
+    """Every option in every `mbv3` command's --help has a help line (pipeline options: from [help]),
+    and every --help renders (argparse %-formats help text: a bare "5 % on" in a pipeline file crashed it)."""
     import argparse
 
     from mbv3_mobile.cli import build_parser
@@ -35,6 +36,7 @@ def test_every_option_of_every_command_explains_itself():
     parsers = [p for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction) for p in a.choices.values()]
     parsers += [pipeline_parser(load_pipeline(name), f"mbv3 {name}") for name in pipeline_files()]
     for parser in parsers:
+        assert parser.format_help().startswith("usage:")
         for action in parser._actions:
             if action.option_strings and action.help != argparse.SUPPRESS:
                 assert action.help and len(action.help) > 8, (parser.prog, action.option_strings)

@@ -29,7 +29,8 @@ def pipeline_parser(spec: PipelineSpec, prog: str) -> argparse.ArgumentParser:
         if isinstance(default, dict):
             continue  # tables are set in the pipeline file, not on the command line
         flag = "--" + name.replace("_", "-")
-        text = f"{spec.help.get(name, '')} (default: {_default_text(default)})"
+        # argparse %-formats help strings: a pipeline file's "99.5 % of ..." must come out as written
+        text = f"{spec.help.get(name, '')} (default: {_default_text(default)})".replace("%", "%%")
         if isinstance(default, bool):
             parser.add_argument(flag, dest=name, default=None, action=argparse.BooleanOptionalAction, help=text)
         elif isinstance(default, list):
