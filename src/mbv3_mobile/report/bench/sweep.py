@@ -57,12 +57,12 @@ def _artifacts(arch: str, width: float, res: int, keys: list[str], tmp: Path) ->
         t0 = time.perf_counter()
         files["pte_fp32"] = write_pte(export_to_executorch(model, example), tmp / "fp32.pte")
         seconds["pte_fp32"] = time.perf_counter() - t0
-    for key, float_stem in (("pte_int8", True), ("pte_int8_all", False)):  # the recipe's cost: its float stem
-        if key not in keys:
-            continue
+    int8 = [(k, stem) for k, stem in (("pte_int8", True), ("pte_int8_all", False)) if k in keys]  # the float stem's cost
+    if int8:
         from mbv3_mobile.quantize.pt2e import quantize_ptq
 
-        calib = photo_batch(res)[:32]
+        calib = photo_batch(res)[:32]  # once for both int8 variants
+    for key, float_stem in int8:
         t0 = time.perf_counter()
         graph = quantize_ptq(model, calib, float_stem=float_stem, progress=False)
         files[key] = write_pte(export_to_executorch(graph, example), tmp / f"{key}.pte")
