@@ -1,12 +1,12 @@
 """The package's shape: rooms by concern, no import cycles, formats that do not know each other,
 argparse only in the CLI, mobile_harness on the shared core only, one registry the README follows.
-Read from the source with `ast` (mbv3_mobile.pipeline.code), so nothing here imports torch."""
+Read from the source with `ast` (mbv3_mobile.core.code), so nothing here imports torch."""
 
 from pathlib import Path
 
 import pytest
 
-from mbv3_mobile.pipeline.code import import_graph
+from mbv3_mobile.core.code import import_graph
 
 ROOT = Path(__file__).resolve().parents[1]
 

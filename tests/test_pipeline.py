@@ -170,7 +170,7 @@ def test_android_keys_follow_the_code_each_stage_runs(trained_ci_checkpoint, tmp
     import shutil
 
     import mbv3_mobile
-    from mbv3_mobile.pipeline import code
+    from mbv3_mobile.core import code
     from mbv3_mobile.pipeline.runner import plan_pipeline
 
     copy = tmp_path / "src"

@@ -52,7 +52,7 @@ def shipped() -> dict[str, dict]:
 
 def recipe_key(cfg: TrainConfig) -> str:
     """The recipe's settings and the training code it runs (every module `train.loop` reaches)."""
-    from mbv3_mobile.pipeline.code import code_fingerprint
+    from mbv3_mobile.core.code import code_fingerprint
 
     fields = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_KEY}
     fields["code"] = code_fingerprint("mbv3_mobile.train.loop")
