@@ -216,11 +216,12 @@ def test_per_channel_normalisation_is_exact_for_unequal_std(ck, data, tmp_path):
 
 def _localize(ck, package, source_map, picture):
     """Drift report for one uint8 RGB picture (R, R, 3) of a package vs the eager model."""
-    from mbv3_mobile.verify.drift import localize, outputs_by_module
+    from mbv3_mobile.graph import last_per_module
+    from mbv3_mobile.verify.drift import localize
 
     feed = picture.transpose(2, 0, 1)[None].astype(np.float32)
     x = ck.preprocessing.normalize(torch.from_numpy(feed) / 255.0)
-    return localize(ck.model, x, outputs_by_module(ec.module_outputs(package, feed, source_map)), 1e-4)
+    return localize(ck.model, x, last_per_module(ec.module_outputs(package, feed, source_map)), 1e-4)
 
 
 def test_drift_localisation_on_broken_exports(ck, packages, data, tmp_path):

@@ -18,7 +18,7 @@ from mbv3_mobile.export.executorch.bundle import (
 )
 from mbv3_mobile.export.executorch.lower import DelegationError, check_delegation, export_to_executorch, write_pte
 from mbv3_mobile.export.executorch.runtime import program_input_shape, run_pte, run_pte_on_dataset
-from mbv3_mobile.export.torch_export import ExportError
+from mbv3_mobile.graph import ExportError
 from mbv3_mobile.model.checkpoint import load_checkpoint
 from mbv3_mobile.quantize.pt2e import calibration_images, quantize_ptq, real_images
 from mbv3_mobile.verify.compare import compare_logits
@@ -233,7 +233,7 @@ def test_drift_localisation_names_the_perturbed_block(ckpt, test_images):
     outputs name the block; the intact program departs nowhere."""
     from mbv3_mobile.export.executorch.debug import debug_module_outputs
     from mbv3_mobile.export.executorch.lower import lower
-    from mbv3_mobile.export.torch_export import export_program
+    from mbv3_mobile.graph import export_program
     from mbv3_mobile.verify.drift import localize
 
     image = test_images[0][:1]

@@ -51,7 +51,7 @@ def test_auto_fallback_restores_the_gate_with_few_fp32_layers(pushed):
 
 def test_mixed_graph_is_fully_delegated_to_xnnpack(pushed):
     from mbv3_mobile.export.executorch.lower import lower
-    from mbv3_mobile.export.torch_export import export_program
+    from mbv3_mobile.graph import export_program
 
     _, prepared, _, (x, _) = pushed
     graph = mixed.convert_with_fp32(prepared, ["features.2.block.1.0"])

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from mbv3_mobile.core.atomic import atomic_dir
-from mbv3_mobile.core.hashing import sha256_file
 from mbv3_mobile.core.code import code_fingerprint
+from mbv3_mobile.core.hashing import sha256_file
 from mbv3_mobile.pipeline.spec import GateFailure, PipelineError, PipelineSpec, StageSpec
 from mbv3_mobile.verify.gates import GateRule
 

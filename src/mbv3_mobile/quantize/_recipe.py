@@ -36,8 +36,7 @@ from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
 )
 from torch import nn
 
-from mbv3_mobile.quantize.analysis import _module_path
-from mbv3_mobile.quantize.mixed import _is_compute as is_compute
+from mbv3_mobile.graph import is_conv_or_linear, module_path
 
 
 def _activation_args(node: torch.fx.Node) -> list[torch.fx.Node]:
@@ -52,7 +51,7 @@ def stem_edge(graph: torch.fx.Graph) -> tuple[list[torch.fx.Node], list[torch.fx
     one-input nodes (BatchNorm, hard-swish) to the nodes that read it: compute nodes, and
     multi-input ones (Large's first residual add), whose output stays int8 so the float edge ends there."""
     inputs = {n for n in graph.nodes if n.op == "placeholder"}
-    conv = next((n for n in graph.nodes if is_compute(n) and n.args and n.args[0] in inputs), None)
+    conv = next((n for n in graph.nodes if is_conv_or_linear(n) and n.args and n.args[0] in inputs), None)
     if conv is None:
         return [], []
     stem, readers, todo = [conv], [], list(conv.users)
@@ -60,7 +59,7 @@ def stem_edge(graph: torch.fx.Graph) -> tuple[list[torch.fx.Node], list[torch.fx
         n = todo.pop()
         if n in stem or n in readers:
             continue
-        if is_compute(n) or (n.op == "call_function" and len(_activation_args(n)) > 1):
+        if is_conv_or_linear(n) or (n.op == "call_function" and len(_activation_args(n)) > 1):
             readers.append(n)
         elif n.op == "call_function":
             stem.append(n)
@@ -87,7 +86,7 @@ class MobileNetV3Quantizer(XNNPACKQuantizer):
             if ann is None:
                 continue
             for arg in ann.input_qspec_map:
-                if node in stem or is_compute(node) or arg in stem:
+                if node in stem or is_conv_or_linear(node) or arg in stem:
                     ann.input_qspec_map[arg] = None  # no observer, so no q/dq: float input (and weight, bias)
             if node in stem:
                 ann.output_qspec = None
@@ -106,7 +105,7 @@ def fold_stem_batchnorm(model: nn.Module, graph: torch.fx.GraphModule) -> nn.Mod
     stem, readers = stem_edge(graph.graph)
     out = copy.deepcopy(model).eval()
     modules = dict(out.named_modules())
-    for path in dict.fromkeys(_module_path(n) for n in stem + readers if is_compute(n)):
+    for path in dict.fromkeys(module_path(n) for n in stem + readers if is_conv_or_linear(n)):
         parent, _, index = (path or "").rpartition(".")
         if not index.isdigit():
             continue

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from mbv3_mobile.quantize.analysis import _module_path
+from mbv3_mobile.graph import graph_module_outputs, is_conv_or_linear, module_path
 from mbv3_mobile.verify.compare import snr_db
 
 
@@ -35,15 +35,11 @@ def layers(prepared: torch.fx.GraphModule) -> list[str]:
     """Quantized compute layers (convolutions and linears), in graph order."""
     out = []
     for node in prepared.graph.nodes:
-        if _is_compute(node):
-            path = _module_path(node)
+        if is_conv_or_linear(node):
+            path = module_path(node)
             if path and path not in out:
                 out.append(path)
     return out
-
-
-def _is_compute(node: torch.fx.Node) -> bool:
-    return node.op == "call_function" and ("conv" in str(node.target) or "linear" in str(node.target))
 
 
 def _producers(node: torch.fx.Node, observers: set) -> list[torch.fx.Node]:
@@ -54,7 +50,7 @@ def _producers(node: torch.fx.Node, observers: set) -> list[torch.fx.Node]:
         if n in seen or not isinstance(n, torch.fx.Node) or n in observers:
             continue
         seen.add(n)
-        if _is_compute(n):
+        if is_conv_or_linear(n):
             found.append(n)
         elif n.op == "call_function":
             todo += [a for a in n.args if isinstance(a, torch.fx.Node)]
@@ -69,7 +65,7 @@ def _consumers(node: torch.fx.Node, observers: set) -> list[torch.fx.Node]:
         if n in seen or n in observers:
             continue
         seen.add(n)
-        if _is_compute(n):
+        if is_conv_or_linear(n):
             found.append(n)
         elif n.op == "call_function":
             todo += list(n.users)
@@ -87,7 +83,7 @@ def plan(prepared: torch.fx.GraphModule, units) -> tuple[list[torch.fx.Node], li
     remove: list[torch.fx.Node] = []
     fp32: list[torch.fx.Node] = []
     for node in prepared.graph.nodes:
-        if not _is_compute(node) or _module_path(node) not in units:
+        if not is_conv_or_linear(node) or module_path(node) not in units:
             continue
         fp32.append(node)
         edge = node.args[0]
@@ -98,7 +94,7 @@ def plan(prepared: torch.fx.GraphModule, units) -> tuple[list[torch.fx.Node], li
         weight = node.args[1] if len(node.args) > 1 else None
         if weight in observers:
             remove.append(weight)
-    names = list(dict.fromkeys(p for p in (_module_path(n) for n in fp32) if p))
+    names = list(dict.fromkeys(p for p in (module_path(n) for n in fp32) if p))
     return list(dict.fromkeys(remove)), names
 
 
@@ -175,7 +171,6 @@ def shortlist(prepared: torch.fx.GraphModule, float_model: nn.Module, images: to
     """The `k` quantized layers where the most SNR is lost (SNR of the previous layer's output minus
     this layer's, int8 graph vs eager, one pass): candidates for the exact ranking, which needs one
     converted graph per layer. A layer followed by a BatchNorm reports the BN's output (folded)."""
-    from mbv3_mobile.quantize.analysis import graph_module_outputs
     from mbv3_mobile.verify.drift import eager_module_tensors, folded_batchnorm
 
     names = layers(prepared)

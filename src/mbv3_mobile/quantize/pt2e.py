@@ -127,14 +127,13 @@ def xnnpack_quantizer(*, qat: bool = False, float_stem: bool = True):
 def float_layers(graph: torch.fx.GraphModule) -> list[str]:
     """Module paths of the convolutions / linears a converted int8 graph runs in float (weights not
     dequantized from int8): the recipe's stem edge plus any mixed-precision fallback."""
-    from mbv3_mobile.quantize.analysis import _module_path
-    from mbv3_mobile.quantize.mixed import _is_compute
+    from mbv3_mobile.graph import is_conv_or_linear, is_dequantize, module_path
 
     out = []
     for node in graph.graph.nodes:
-        weight = node.args[1] if _is_compute(node) and len(node.args) > 1 else None
-        if isinstance(weight, torch.fx.Node) and "dequantize" not in str(weight.target):
-            path = _module_path(node)
+        weight = node.args[1] if is_conv_or_linear(node) and len(node.args) > 1 else None
+        if isinstance(weight, torch.fx.Node) and not is_dequantize(weight):
+            path = module_path(node)
             if path and path not in out:
                 out.append(path)
     return out
@@ -142,7 +141,7 @@ def float_layers(graph: torch.fx.GraphModule) -> list[str]:
 
 def _export_for_quantization(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
     """torch.export with a dynamic batch dimension (calibration, QAT and evaluation batch freely)."""
-    from mbv3_mobile.export.torch_export import export_program
+    from mbv3_mobile.graph import export_program
 
     example = example[:2] if len(example) >= 2 else torch.cat([example, example])
     return export_program(model, example, dynamic_batch=_MAX_DYNAMIC_BATCH).module()

@@ -68,19 +68,6 @@ class DriftReport:
         return f"first departure from eager at `{self.module}` (relative max error {self.relative_error:.3e} > {self.threshold:g})"
 
 
-def outputs_by_module(ordered: list[tuple[str | None, np.ndarray]]) -> dict[str, np.ndarray]:
-    """(deepest module path, value) pairs in program order -> {module: its output}: a module's output
-    is the last value produced inside it, so every dotted prefix (ancestor) is assigned too."""
-    out: dict[str, np.ndarray] = {}
-    for module, value in ordered:
-        if not module:
-            continue
-        parts = module.split(".")
-        for i in range(1, len(parts) + 1):
-            out[".".join(parts[:i])] = value
-    return out
-
-
 def relative_error(ref: np.ndarray, got: np.ndarray) -> float:
     ref64, got64 = ref.astype(np.float64), got.astype(np.float64).reshape(ref.shape)
     return float(np.abs(got64 - ref64).max() / (np.abs(ref64).max() + 1e-12))

@@ -51,6 +51,8 @@ from mbv3_mobile.data.preprocess import Preprocessing
 from mbv3_mobile.export.coreml.metadata import AppMetadata, _apply_metadata
 from mbv3_mobile.export.coreml.names import _PROBS_VAR, INPUT_NAME, LABEL_OUTPUT, LOGITS_OUTPUT, PROBS_OUTPUT  # noqa: F401 - re-exported
 from mbv3_mobile.export.coreml.recipes import COMPRESSIONS, DEFAULT_WEIGHT_THRESHOLD, Compression  # noqa: F401 - re-exported
+from mbv3_mobile.graph import export_program as torch_export_program
+from mbv3_mobile.graph import module_path
 
 log = logging.getLogger(__name__)
 
@@ -236,14 +238,6 @@ def program_op_counts(spec) -> dict[str, int]:
 # ---------------------------------------------------------------- torch.export + op check
 
 
-def _module_path(node) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return "<top level>"
-    path = list(stack.values())[-1][0]
-    return path or "<top level>"
-
-
 def _strip_wrapper(path: str) -> str:
     # AppClassifier holds the network as `.model`; report paths as the network's own module names.
     return path[len("model."):] if path.startswith("model.") else ("model" if path == "model" else path)
@@ -253,7 +247,7 @@ def export_program(module: nn.Module, resolution: int) -> torch.export.ExportedP
     """torch.export the module on a (1, 3, R, R) example, decomposed the way coremltools wants."""
     example = torch.rand(1, 3, resolution, resolution)
     with torch.no_grad():
-        ep = torch.export.export(module.eval(), (example,))
+        ep = torch_export_program(module.eval(), example)
     return ep.run_decompositions({})
 
 
@@ -276,7 +270,7 @@ def check_convertible(ep: torch.export.ExportedProgram) -> None:
         except Exception:  # noqa: BLE001 - python callables (getitem, ...) have no .name()
             kind = getattr(target, "__name__", str(target))
         if sanitize_op_kind(kind) not in _TORCH_OPS_REGISTRY:
-            missing.setdefault(str(target), []).append(_strip_wrapper(_module_path(node)))
+            missing.setdefault(str(target), []).append(_strip_wrapper(module_path(node) or "<top level>"))
     if missing:
         parts = [
             f"{op} (in module {', '.join(sorted(set(mods))[:3])}{' ...' if len(set(mods)) > 3 else ''})"
@@ -317,7 +311,7 @@ def _source_map(prog, ep: torch.export.ExportedProgram) -> dict[str, dict]:
         stack = scopes.get(ScopeSource.EXIR_STACK_TRACE, [None])
         stack = stack[0] if stack else None
         node = nodes.get(base)
-        module = _strip_wrapper(_module_path(node)) if node is not None else None
+        module = _strip_wrapper(module_path(node) or "<top level>") if node is not None else None
         rows.append({"name": name, "op": op.op_type, "fx_node": base if node is not None else None,
                      "module": module, "stack": stack})
     for i, row in enumerate(rows):

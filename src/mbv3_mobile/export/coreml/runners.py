@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 
 from mbv3_mobile.export.coreml.runtime import float_pictures, module_outputs, run_package
+from mbv3_mobile.graph import last_per_module
 from mbv3_mobile.verify.compare import Candidate
-from mbv3_mobile.verify.drift import outputs_by_module
 
 FORMAT = "coreml"
 
@@ -25,7 +25,7 @@ def parity_entries(results: dict) -> list[Candidate]:
         source_map = json.loads(r.out("source_map").read_text())
 
         def per_module(image, package=package, source_map=source_map):
-            return outputs_by_module(module_outputs(package, float_pictures(image[:1], pre), source_map))
+            return last_per_module(module_outputs(package, float_pictures(image[:1], pre), source_map))
 
         gate = "compressed" if r.meta["compression"] else r.meta["precision"]
         entries.append(Candidate(f"coreml {r.variant} (MIL interp.)", gate, FORMAT,

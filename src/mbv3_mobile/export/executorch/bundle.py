@@ -13,7 +13,7 @@ from mbv3_mobile.core.atomic import atomic_path
 from mbv3_mobile.core.errors import UserError
 from mbv3_mobile.export.executorch.lower import LoweredProgram, _as_bytes
 from mbv3_mobile.export.executorch.runtime import _load_method
-from mbv3_mobile.export.torch_export import ExportError, _first_line
+from mbv3_mobile.graph import ExportError, first_line
 
 
 class BundleVerificationError(UserError):
@@ -66,7 +66,7 @@ def bundle_program(program, inputs: torch.Tensor, expected_outputs: torch.Tensor
             path.write_bytes(pte_bytes)
             return serialize_from_bundled_program_to_flatbuffer(BundledProgram(None, suites, pte_file_path=str(path)))
     except Exception as exc:  # noqa: BLE001
-        raise ExportError(f"cannot build the BundledProgram: {type(exc).__name__}: {_first_line(exc)}") from exc
+        raise ExportError(f"cannot build the BundledProgram: {type(exc).__name__}: {first_line(exc)}") from exc
 
 
 def write_bundled_program(path: str | os.PathLike, program, inputs: torch.Tensor, expected_outputs: torch.Tensor) -> Path:
@@ -93,14 +93,14 @@ def verify_bundled_program(bundle, *, num_cases: int | None = None, rtol: float 
     try:
         module = portable_lib._load_bundled_program_from_buffer(data)
     except Exception as exc:  # noqa: BLE001
-        raise BundleVerificationError(f"the ExecuTorch runtime cannot load the bundle: {_first_line(exc)}") from exc
+        raise BundleVerificationError(f"the ExecuTorch runtime cannot load the bundle: {first_line(exc)}") from exc
     for i in range(num_cases):
         try:
             module.verify_result_with_bundled_expected_output("forward", i, rtol, atol)
         except Exception as exc:  # noqa: BLE001 - pybind raises RuntimeError with a status code
             raise BundleVerificationError(
                 f"bundled test case {i}/{num_cases} failed in the ExecuTorch runtime "
-                f"(rtol={rtol:g}, atol={atol:g}): {_first_line(exc)}"
+                f"(rtol={rtol:g}, atol={atol:g}): {first_line(exc)}"
             ) from exc
     return {"cases": num_cases, "rtol": rtol, "atol": atol}
 

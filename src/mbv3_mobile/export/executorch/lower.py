@@ -13,22 +13,15 @@ import torch
 from torch import nn
 
 from mbv3_mobile.core.atomic import atomic_path
-from mbv3_mobile.export.torch_export import (
+from mbv3_mobile.graph import (
+    LAYOUT_OPS,
     ExportError,
-    _exception_chain,
-    _first_line,
-    _node_module,
-    _nodes_for_op,
-    _op_in_text,
-    _op_name,
-    _where,
+    describe_module,
     export_program,
+    lowering_error,
+    node_module,
+    op_name,
 )
-
-# Outside the delegate these are not compute: tuple unpacking of the delegate's outputs, and
-# dim-order (layout) copies of constants lifted out of decomposed ops (e.g. hardsigmoid's 3 and 6).
-_LAYOUT_OPS = {"dim_order_ops._to_dim_order_copy.default", "dim_order_ops._clone_dim_order.default",
-               "aten._to_copy.default", "aten.clone.default"}
 
 
 class DelegationError(ExportError):
@@ -64,7 +57,7 @@ class DelegationReport:
             "delegated_subgraphs": self.delegated_subgraphs,
             "delegated_nodes": self.delegated_nodes,
             "non_delegated_nodes": self.non_delegated_nodes,
-            "non_delegated_compute_ops": [f"{v['op']} in {_where(v['module'], v['module_class'])}" for v in self.violations],
+            "non_delegated_compute_ops": [f"{v['op']} in {describe_module(v['module'], v['module_class'])}" for v in self.violations],
             "outside_allowed": sorted({o["op"] for o in self.outside if o["allowed"]}),
             "by_op": self.by_op,
         }
@@ -97,13 +90,13 @@ def delegation_report(edge_program) -> DelegationReport:
     for node in gm.graph.nodes:
         if node.op != "call_function" or node.name.startswith("executorch_call_delegate"):
             continue
-        op = _op_name(node.target)
+        op = op_name(node.target)
         allowed, why = False, "compute op outside the XNNPACK delegate"
         if node.target is operator.getitem:
             allowed, why = True, "delegate output unpacking"
-        elif op in _LAYOUT_OPS and _is_constant_input(node, edge_program):
+        elif op in LAYOUT_OPS and _is_constant_input(node, edge_program):  # constants lifted out of decomposed ops
             allowed, why = True, "layout copy of a lifted constant"
-        path, cls = _node_module(node)
+        path, cls = node_module(node)
         outside.append({"op": op, "node": node.name, "module": path or "<unknown>", "module_class": cls,
                         "allowed": allowed, "why": why})
     return DelegationReport(info.num_delegated_subgraphs, info.num_delegated_nodes, info.num_non_delegated_nodes,
@@ -129,7 +122,7 @@ def check_delegation(report: DelegationReport) -> DelegationReport:
     if report.delegated_subgraphs < 1:
         raise DelegationError("nothing was delegated to XNNPACK: the .pte would run on portable kernels only", report)
     if report.violations:
-        listed = "; ".join(f"{v['op']} in {_where(v['module'], v['module_class'])}" for v in report.violations[:8])
+        listed = "; ".join(f"{v['op']} in {describe_module(v['module'], v['module_class'])}" for v in report.violations[:8])
         more = f" (+{len(report.violations) - 8} more)" if len(report.violations) > 8 else ""
         raise DelegationError(
             f"{len(report.violations)} compute op(s) not delegated to XNNPACK: {listed}{more}. XNNPACK does not "
@@ -172,7 +165,7 @@ def lower(program, *, require_full_delegation: bool = True) -> LoweredProgram:
     except DelegationError:
         raise
     except Exception as exc:  # noqa: BLE001 - EXIR raises many types
-        raise _lowering_error(exc, stage, program) from exc
+        raise lowering_error(exc, stage, program) from exc
     example = [s for s in program.graph_signature.user_inputs]
     shape = ()
     for node in program.graph.nodes:
@@ -180,22 +173,6 @@ def lower(program, *, require_full_delegation: bool = True) -> LoweredProgram:
             shape = tuple(int(d) for d in node.meta["val"].shape)
             break
     return LoweredProgram(et, report, time.perf_counter() - t0, shape)
-
-
-def _lowering_error(exc: BaseException, stage: str, program) -> ExportError:
-    text = " ".join(str(e) for e in _exception_chain(exc))
-    op = _op_in_text(text)
-    module = cls = None
-    if op:
-        nodes = _nodes_for_op(program, op)
-        if nodes:
-            module, cls = _node_module(nodes[0])
-    msg = f"ExecuTorch lowering failed in {stage}"
-    if op:
-        msg += f" at op {op}"
-    if module:
-        msg += f" in module {_where(module, cls)}"
-    return ExportError(f"{msg}: {type(exc).__name__}: {_first_line(exc)}", op=op, module=module)
 
 
 def export_to_executorch(model: nn.Module, example: torch.Tensor, *, require_full_delegation: bool = True) -> LoweredProgram:

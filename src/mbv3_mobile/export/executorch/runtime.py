@@ -14,7 +14,7 @@ import torch
 
 from mbv3_mobile.data.preprocess import check_model_input
 from mbv3_mobile.export.executorch.lower import _as_bytes
-from mbv3_mobile.export.torch_export import ExportError, _first_line
+from mbv3_mobile.graph import ExportError, first_line
 
 _NATIVE_NOISE = re.compile(r"^\[(cpuinfo_utils\.cpp:\d+\]|threadpool\.cpp:\d+\] Resetting threadpool)")
 
@@ -66,7 +66,7 @@ def _load_method(program):
         method._keep_program_alive = loaded
         return method
     except Exception as exc:  # noqa: BLE001
-        raise ExportError(f"the ExecuTorch runtime cannot load this program: {_first_line(exc)}") from exc
+        raise ExportError(f"the ExecuTorch runtime cannot load this program: {first_line(exc)}") from exc
 
 
 def program_input_shape(program) -> tuple[int, ...]:

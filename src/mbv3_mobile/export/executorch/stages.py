@@ -14,7 +14,7 @@ from mbv3_mobile.export.executorch import bundle as bpte
 from mbv3_mobile.export.executorch.lower import lower as lower_program
 from mbv3_mobile.export.executorch.lower import write_pte
 from mbv3_mobile.export.executorch.runtime import run_pte
-from mbv3_mobile.export.torch_export import export_program
+from mbv3_mobile.graph import export_program
 from mbv3_mobile.pipeline.runner import StageContext
 from mbv3_mobile.pipeline.spec import PipelineError
 from mbv3_mobile.pipeline.stages import gate_table, load_resolved, stage_pictures, verify_against_eager

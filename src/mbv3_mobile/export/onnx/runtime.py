@@ -92,7 +92,7 @@ def module_outputs(path: str | os.PathLike, image: torch.Tensor, scopes: dict[st
     inside its scope."""
     import onnx
 
-    from mbv3_mobile.verify.drift import outputs_by_module
+    from mbv3_mobile.graph import last_per_module
 
     values = intermediate_outputs(path, image[:1])
     # A value counts only when the op making it here is the one the exporter tagged: quantizers and
@@ -103,4 +103,4 @@ def module_outputs(path: str | os.PathLike, image: torch.Tensor, scopes: dict[st
     ordered = [(scopes[name][-1], values[name] if scopes.get(_OP_KEY + name, [node.op_type])[0] == node.op_type else None)
                for node in onnx.load(str(path)).graph.node
                for name in node.output if scopes.get(name) and name in values]
-    return {k: v for k, v in outputs_by_module(ordered).items() if v is not None}
+    return {k: v for k, v in last_per_module(ordered).items() if v is not None}

@@ -1,12 +1,11 @@
 """Per-op profile of a .pte (fp32 and int8) with ExecuTorch's ETDump + devtools Inspector:
 `mbv3 bench --profile` (Large 1.0 @ 224 by default, 1 and 2 threads).
 
-The shipped .pte is one XNNPACK delegate, whose inside the pip runtime does not time. So, as the
-drift localisation in `export/executorch/debug.py` does, the same program is lowered again with
-`XnnpackPartitioner(per_op_mode=True)` (each op, or each quantized dq->op->q group, its own
-delegate call: the same kernels, minus cross-op fusion) and an ETRecord; ETDump times every
-delegate call and the Inspector maps it back to the edge graph's nodes. Op types are summed per
-inference (median over the runs). Statically, from the int8 edge graph: which compute ops run in
+The shipped .pte is one XNNPACK delegate, whose inside the pip runtime does not time. So, as drift
+localisation does, the same program is lowered again one op per delegate call with an ETRecord
+(`graph.PerOpLowering`: the same kernels, minus cross-op fusion); ETDump times every call and the
+Inspector maps it back to the edge graph's nodes. Op types are summed per inference (median over
+the runs). Statically, from the int8 edge graph: which compute ops run in
 fp32 between a dequantize and a quantize (XNNPACK converts qs8 -> fp32 -> qs8 around them).
 """
 
@@ -21,18 +20,13 @@ from pathlib import Path
 
 import torch
 
-QDQ = ("quantize_per_tensor", "dequantize_per_tensor", "quantize_per_channel", "dequantize_per_channel",
-       "choose_qparams")
-LAYOUT = ("_to_dim_order_copy", "_to_copy", "clone", "permute", "view_copy", "expand_copy")
+from mbv3_mobile.graph import PerOpLowering, export_program, is_qdq
 
 
 def _op(node) -> str:
+    """Short op type for tables: 'convolution' for aten.convolution.default."""
     name = getattr(node.target, "__name__", str(node.target))
     return name.split(".")[0] if name.count(".") <= 1 else name.rsplit(".", 2)[-2]
-
-
-def _is_qdq(name: str) -> bool:
-    return any(q in name for q in QDQ)
 
 
 def fp32_islands(edge_graph) -> dict[str, int]:
@@ -55,10 +49,10 @@ def fp32_islands(edge_graph) -> dict[str, int]:
         if n.op != "call_function":
             continue
         name = _op(n)
-        if _is_qdq(name) or name not in fp32_only:
+        if is_qdq(name) or name not in fp32_only:
             continue
         ins = [a for a in n.args if isinstance(a, torch.fx.Node)]
-        if ins and all(_is_qdq(_op(a)) for a in ins if a.op == "call_function"):
+        if ins and all(is_qdq(_op(a)) for a in ins if a.op == "call_function"):
             out[name] += 1
     return dict(out)
 
@@ -66,41 +60,14 @@ def fp32_islands(edge_graph) -> dict[str, int]:
 def profile_pte(program, x: torch.Tensor, threads: list[int], runs: int = 20) -> dict[int, dict]:
     """Per-op-type time of `program` (an ExportedProgram) lowered per op (once), at each of `threads`:
     {n: {"ops": {op type: {"ms": median per inference, "calls", "share"}}, "total_ms", "groups"}}."""
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
-
-    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner(per_op_mode=True)],
-                                       generate_etrecord=True)
-    manager = edge.to_executorch()
-    etrecord = manager.get_etrecord()
-    nodes = {}
-    for n in etrecord.edge_dialect_program.graph.nodes:
-        h = n.meta.get("debug_handle")
-        if n.op == "call_function" and isinstance(h, int):
-            nodes.setdefault(h, []).append(_op(n))
-    islands = fp32_islands(etrecord.edge_dialect_program.graph)
-    return {n: _profile_once(manager, etrecord, nodes, islands, x, n, runs) for n in threads}
+    lowered = PerOpLowering(program, what="per-op lowering for the profile")
+    nodes = {h: [_op(n) for n in ns] for h, ns in lowered.by_handle.items()}
+    islands = fp32_islands(lowered.edge_graph)
+    return {n: _profile_once(lowered, nodes, islands, x, n, runs) for n in threads}
 
 
-def _profile_once(manager, etrecord, nodes: dict, islands: dict, x: torch.Tensor, threads: int, runs: int) -> dict:
-    from executorch.devtools import Inspector
-    from executorch.extension.pybindings import portable_lib
-
-    with tempfile.TemporaryDirectory() as tmp:
-        pte, dump, record = (str(Path(tmp) / n) for n in ("p.pte", "run.etdp", "etrecord.bin"))
-        Path(pte).write_bytes(manager.buffer)
-        etrecord.save(record)
-        portable_lib._unsafe_reset_threadpool(threads)
-        rt = portable_lib._load_for_executorch(pte, enable_etdump=True)
-        xi = (x[:1].float().contiguous(),)
-        for _ in range(3):
-            rt.forward(xi)
-        t0 = time.perf_counter()
-        for _ in range(runs):
-            rt.forward(xi)
-        wall_ms = (time.perf_counter() - t0) * 1e3 / runs
-        rt.write_etdump_result_to_file(dump)
-        inspector = Inspector(etdump_path=dump, etrecord=record)
+def _profile_once(lowered: PerOpLowering, nodes: dict, islands: dict, x: torch.Tensor, threads: int, runs: int) -> dict:
+    inspector, wall_ms = lowered.inspect(x, runs=runs, warmup=3, threads=threads)
     per_run: list[dict[str, float]] = []
     calls: dict[str, int] = defaultdict(int)
     for block in inspector.event_blocks:
@@ -111,7 +78,7 @@ def _profile_once(manager, etrecord, nodes: dict, islands: dict, x: torch.Tensor
                 continue
             handles = [event.debug_handles] if isinstance(event.debug_handles, int) else list(event.debug_handles)
             ops = sorted({o for h in handles for o in nodes.get(h, [])})
-            compute = [o for o in ops if not _is_qdq(o)]
+            compute = [o for o in ops if not is_qdq(o)]
             key = "+".join(compute) if compute else "quantize/dequantize"
             if compute and len(compute) < len(ops):
                 key += " (+q/dq)"
@@ -195,7 +162,6 @@ def run_profile(arch: str = "large", width: float = 1.0, resolution: int = 224, 
                 runs: int = 20, log=print) -> dict:
     """Profiles of the fp32 and the int8 (PT2E PTQ, XNNPACKQuantizer) programs of a random-BN
     model at each thread count, plus the fused (shipped) program's latency for reference."""
-    from mbv3_mobile.export.torch_export import export_program
     from mbv3_mobile.quantize.pt2e import quantize_ptq
     from mbv3_mobile.report.bench.workload import photo_batch, randomized_model
 

@@ -1,6 +1,7 @@
 """torch.export with errors a user can act on: a failure inside torch.export (or a later lowering)
 becomes one `ExportError` line naming the op and the nn.Module path, the original exception
-chained. Shared by the formats and by quantization (which exports for PT2E)."""
+chained. Shared by the formats and by quantization (which exports for PT2E); `lowering_error`
+turns a backend's failure on a program into the same kind of line."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from mbv3_mobile.core.errors import UserError
+from mbv3_mobile.graph.nodes import describe_module, node_module, nodes_for_op
 
 _MAX_MESSAGE = 400
 
@@ -28,7 +30,7 @@ class ExportError(UserError):
 # ---------------------------------------------------------------- error translation
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     for line in text.splitlines():
         line = line.strip()
@@ -37,7 +39,7 @@ def _first_line(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _exception_chain(exc: BaseException):
+def exception_chain(exc: BaseException):
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -49,7 +51,7 @@ _QUALIFIED_OP_RE = re.compile(r"\b([A-Za-z_][A-Za-z0-9_]*::[A-Za-z_][A-Za-z0-9_]
 _DOTTED_OP_RE = re.compile(r"\b((?:aten|quantized_decomposed|dim_order_ops|torchvision)\.[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?)")
 
 
-def _op_in_text(text: str) -> str | None:
+def op_in_text(text: str) -> str | None:
     """The first operator named in an error message ('ns::op[.overload]' or 'aten.op[.overload]')."""
     for regex in (_QUALIFIED_OP_RE, _DOTTED_OP_RE):
         m = regex.search(text)
@@ -68,7 +70,7 @@ def _module_frame(exc: BaseException, model: nn.Module | None) -> tuple[str | No
     if model is None:
         return None, None
     names = {id(m): name for name, m in model.named_modules()}
-    for e in _exception_chain(exc):
+    for e in exception_chain(exc):
         path = where = None
         for frame_summary, (frame, _) in zip(traceback.extract_tb(e.__traceback__), traceback.walk_tb(e.__traceback__)):
             owner = frame.f_locals.get("self")
@@ -117,50 +119,12 @@ _CALL_RE = re.compile(r'File "([^"]+)", line (\d+), in (\w+)\n\s*(.+)')
 
 def _user_call_site(exc: BaseException) -> str | None:
     """'file:line `code`' from torch.export's "The following call raised this error" section."""
-    for e in _exception_chain(exc):
+    for e in exception_chain(exc):
         found = _CALL_RE.findall(str(e))
         if found:
             filename, line, _, code = found[-1]
             return f"{os.path.basename(filename)}:{line} `{code.strip()}`"
     return None
-
-
-def _node_module(node: torch.fx.Node) -> tuple[str | None, str | None]:
-    """(module path, module class name) of the innermost nn.Module a graph node came from."""
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return None, None
-    path, cls = list(stack.values())[-1]
-    cls_name = cls if isinstance(cls, str) else getattr(cls, "__name__", str(cls))
-    return _clean_path(path) or "<root>", cls_name.rsplit(".", 1)[-1]
-
-
-def _where(path: str | None, cls: str | None) -> str:
-    return f"{path} ({cls})" if path and cls else (path or "<unknown module>")
-
-
-def _clean_path(path: str) -> str:
-    # strict-mode export spells paths like "L['self'].features[3].block"; normalise to "features.3.block"
-    path = re.sub(r"^L\['self'\]\.?", "", path)
-    path = re.sub(r"\[['\"]?([^\]'\"]+)['\"]?\]", r".\1", path)
-    return path.strip(".")
-
-
-def _op_name(target) -> str:
-    if isinstance(target, torch._ops.OpOverload):
-        return str(target)
-    return getattr(target, "__name__", str(target))
-
-
-def _nodes_for_op(program, op: str) -> list[torch.fx.Node]:
-    if program is None:
-        return []
-    graph = program.graph_module.graph if hasattr(program, "graph_module") else program.graph
-    short = op.split(".")
-    return [
-        n for n in graph.nodes
-        if n.op == "call_function" and (_op_name(n.target) == op or _op_name(n.target).split(".")[:2] == short[:2])
-    ]
 
 
 # ---------------------------------------------------------------- export and lowering
@@ -180,8 +144,8 @@ def export_program(model: nn.Module, example: torch.Tensor, *, dynamic_batch: in
     except Exception as exc:  # noqa: BLE001 - torch.export raises many unrelated types
         path, where = _module_frame(exc, model)
         where = _user_call_site(exc) or where
-        text = " ".join(str(e) for e in _exception_chain(exc))
-        op = _op_in_text(text)
+        text = " ".join(str(e) for e in exception_chain(exc))
+        op = op_in_text(text)
         parts = ["torch.export failed"]
         if path is not None:
             parts.append(f" in module '{path}'")
@@ -189,5 +153,22 @@ def export_program(model: nn.Module, example: torch.Tensor, *, dynamic_batch: in
             parts.append(f" at op {op}")
         if where:
             parts.append(f" ({where})")
-        raise ExportError(f"{''.join(parts)}: {type(exc).__name__}: {_first_line(exc)}", op=op, module=path) from exc
+        raise ExportError(f"{''.join(parts)}: {type(exc).__name__}: {first_line(exc)}", op=op, module=path) from exc
 
+
+def lowering_error(exc: BaseException, stage: str, program, *, backend: str = "ExecuTorch") -> ExportError:
+    """A backend's failure while lowering `program`, as one line naming the op and, where the
+    program has a node running it, the nn.Module it came from."""
+    text = " ".join(str(e) for e in exception_chain(exc))
+    op = op_in_text(text)
+    module = cls = None
+    if op:
+        nodes = nodes_for_op(program, op)
+        if nodes:
+            module, cls = node_module(nodes[0])
+    msg = f"{backend} lowering failed in {stage}"
+    if op:
+        msg += f" at op {op}"
+    if module:
+        msg += f" in module {describe_module(module, cls)}"
+    return ExportError(f"{msg}: {type(exc).__name__}: {first_line(exc)}", op=op, module=module)
