@@ -80,7 +80,7 @@ def train(session: nox.Session) -> None:
 # One `export_<pipeline>` session per export pipeline file (a file with a publish stage): a new
 # format's pipeline gets its session without editing this file. Read with tomllib, since the
 # project itself is not importable before the venv exists.
-PIPELINES = ROOT / "src" / "mbv3_mobile" / "pipelines"
+PIPELINES = ROOT / "pipelines"
 
 
 def _export_pipelines() -> dict[str, str]:

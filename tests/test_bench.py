@@ -7,7 +7,7 @@ import math
 import pytest
 
 from mbv3_mobile.cli import main
-from mbv3_mobile.report import bench
+from mbv3_mobile.crossformat import bench
 
 # The same settings as the per-format pipeline tests, so their cached stages are reused here.
 FORMAT_PARAMS = {

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from mbv3_mobile.report.bench.common import BenchError
-from mbv3_mobile.report.bench.goals import evaluate_goals, parse_goal, recommended_threads
-from mbv3_mobile.report.bench.host import cpu_peak
-from mbv3_mobile.report.bench.workload import resolve_models
+from mbv3_mobile.crossformat.bench.common import BenchError
+from mbv3_mobile.crossformat.bench.goals import evaluate_goals, parse_goal, recommended_threads
+from mbv3_mobile.crossformat.bench.host import cpu_peak
+from mbv3_mobile.crossformat.bench.workload import resolve_models
 
 ZEN4 = """processor\t: 0
 vendor_id\t: AuthenticAMD
@@ -118,7 +118,7 @@ def test_models_by_name():
 
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory):
-    from mbv3_mobile.report.bench.sweep import run_sweep
+    from mbv3_mobile.crossformat.bench.sweep import run_sweep
 
     out = tmp_path_factory.mktemp("sweep")
     p = {"sweep_arch": ["small"], "sweep_width": ["0.35"], "sweep_res": ["96"], "threads": ["1"],
@@ -144,9 +144,9 @@ def test_sweep_writes_table_json_and_png(tiny_sweep):
 
 
 def test_ort_profile_sums_its_kernels_per_op_type(tmp_path):
+    from mbv3_mobile.crossformat.bench.profile import profile_ort
+    from mbv3_mobile.crossformat.bench.workload import randomized_model
     from mbv3_mobile.export.onnx.convert import export_onnx
-    from mbv3_mobile.report.bench.profile import profile_ort
-    from mbv3_mobile.report.bench.workload import randomized_model
 
     export_onnx(randomized_model("small", 0.35, resolution=32), 32, tmp_path / "m.onnx")
     prof = profile_ort(tmp_path / "m.onnx", torch.randn(1, 3, 32, 32), [1], runs=3)[1]

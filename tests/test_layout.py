@@ -1,10 +1,12 @@
-"""The package's shape: rooms by concern, no import cycles, formats that do not know each other,
-argparse only in the CLI, mobile_harness on the shared core only, one registry the README follows.
-Read from the source with `ast` (mbv3_mobile.core.code), so nothing here imports torch."""
+"""The package's shape: rooms on floors (no import runs up one), no import cycles, formats that do
+not know each other, tasks that know no format, a model card that needs no registry, argparse only
+in the CLI, mobile_harness on the shared core only, one registry the README follows. Read from the
+source with `ast` (mbv3_mobile.core.code), so nothing here imports torch."""
 
 from pathlib import Path
 
 import pytest
+from layout_rules import ALLOWED_UP, FLOORS, floor_of
 
 from mbv3_mobile.core.code import import_graph
 
@@ -60,11 +62,42 @@ def test_no_import_cycles(graph):
     assert _cycles(own) == []
 
 
-def test_rooms_exist_and_flat_modules_are_gone():
+def test_every_room_has_a_floor_and_flat_modules_are_gone():
     pkg = ROOT / "src" / "mbv3_mobile"
-    for room in ("core", "model", "data", "train", "quantize", "export", "verify", "pipeline", "report", "cli", "pipelines"):
-        assert (pkg / room).is_dir(), room
+    rooms = {p.name for p in pkg.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    floored = {name.split(".")[1] for name in FLOORS if name.count(".") == 1} - {"report", "__main__"}
+    assert rooms == floored, "a room without a floor in tests/layout_rules.py, or a floor without its room"
     assert sorted(p.name for p in pkg.glob("*.py")) == ["__init__.py", "__main__.py"]
+
+
+def test_no_import_runs_up_a_floor(graph):
+    """Commands on top, primitives at the bottom: a module imports its own floor or the floors below
+    (package __init__ edges are Python's own and not counted)."""
+    up = []
+    for mod, deps in graph.items():
+        for dep in deps:
+            if mod.startswith(dep + ".") or dep.startswith(mod + "."):
+                continue
+            a, b = floor_of(mod), floor_of(dep)
+            if a is not None and b is not None and b > a and (mod, dep) not in ALLOWED_UP:
+                up.append(f"{mod} (floor {a}) -> {dep} (floor {b})")
+    assert up == []
+
+
+def test_tasks_never_import_formats_and_the_card_needs_no_registry(graph):
+    for mod, deps in graph.items():
+        if mod.startswith("mbv3_mobile.tasks"):
+            assert not {d for d in deps if d.startswith("mbv3_mobile.export")}, mod
+        if mod.startswith("mbv3_mobile.card"):
+            assert not {d for d in deps if d.startswith("mbv3_mobile.export")}, mod
+
+
+def test_pipelines_live_at_the_top_of_the_repository():
+    from mbv3_mobile.pipeline.spec import pipeline_files, pipelines_dir
+
+    assert pipelines_dir().resolve() == (ROOT / "pipelines").resolve()
+    assert set(pipeline_files()) == {"android", "ios", "onnx", "parity", "bench"}
+    assert not (ROOT / "src" / "mbv3_mobile" / "pipelines").exists()
 
 
 def test_formats_never_import_each_other(graph):
@@ -92,7 +125,7 @@ def test_mobile_harness_stands_on_the_shared_core_only(graph):
     uses = {d for deps in harness.values() for d in deps if d.startswith("mbv3_mobile")}
     assert uses and all(d.startswith("mbv3_mobile.core") for d in uses), uses
     users = {m for m, deps in graph.items() if any(d.startswith("mobile_harness") for d in deps)}
-    assert users and all(m.startswith(("mbv3_mobile.report.bench", "mbv3_mobile.cli")) for m in users), users
+    assert users and all(m.startswith(("mbv3_mobile.crossformat.bench", "mbv3_mobile.cli")) for m in users), users
 
 
 def test_no_source_file_past_600_lines():

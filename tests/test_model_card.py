@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 
+from mbv3_mobile.card import CARD_JSON, CARD_MD, ModelCardError, write_card
 from mbv3_mobile.core.hashing import sha256_file
 from mbv3_mobile.pipeline import load_pipeline, run_pipeline
-from mbv3_mobile.report.card import CARD_JSON, CARD_MD, ModelCardError, write_card
 
 NAME = "mobilenet_v3_small_050_32px"
 
@@ -33,9 +33,10 @@ def _card(folder):
 
 def _parity_report(manifest: dict, path, model=None) -> dict:
     # The shape `mbv3 parity` writes (rows keyed by format); figures taken from the manifest.
-    rows = {f"onnx {v} (onnxruntime)": {**f, "format": "onnx", "precision": v, "gate": "pass", "note": ""}
-            for v, f in manifest["figures"].items()}
-    rows["pte fp32 (ExecuTorch)"] = {"format": "executorch", "precision": "fp32", "skipped": "not exported in this test"}
+    rows = {f"onnx {v} (onnxruntime)": {**f, "format": "onnx", "pipeline": "onnx", "precision": v, "gate": "pass",
+                                         "note": ""} for v, f in manifest["figures"].items()}
+    rows["pte fp32 (ExecuTorch)"] = {"format": "executorch", "pipeline": "android", "precision": "fp32",
+                                     "skipped": "not exported in this test"}
     data = {"model": model or manifest["model"]["name"], "images": 500, "data": "fashion-mnist test",
             "params": {"pictures": 500},
             "reference_top1": manifest["figures"]["fp32"]["reference_top1"], "gates": {}, "rows": rows, "failures": []}
@@ -158,8 +159,8 @@ def test_bench_json_is_read_by_its_documented_keys(folder, tmp_path):
 
 
 def test_a_real_parity_report_refreshes_the_card_of_the_folder_it_used(trained_ci_checkpoint, tmp_path):
-    from mbv3_mobile.report.card import refresh_cards
-    from mbv3_mobile.verify.parity import run_parity
+    from mbv3_mobile.card import refresh_cards
+    from mbv3_mobile.crossformat.parity import run_parity
 
     # The export test's ONNX parameters, so the pipeline is cached; `run_parity` publishes the folder it compares.
     # 200 pictures cannot resolve the 0.5-pt int8 gate: "warn" lets the report through as inconclusive

@@ -1,11 +1,12 @@
 """The parity matrix on the trained CI model (ONNX rows here; the other formats add theirs)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
+from mbv3_mobile.crossformat.parity import run_parity
 from mbv3_mobile.pipeline import GateFailure, PipelineError
-from mbv3_mobile.verify.parity import run_parity
 
 # The same settings as the per-format pipeline tests, so their cached stages are reused here.
 FORMAT_PARAMS = {
@@ -41,7 +42,8 @@ def test_matrix_over_every_format(trained_ci_checkpoint, tmp_path):
 
 def test_failing_gate_exits_with_matrix_and_localisation(trained_ci_checkpoint, tmp_path, capsys, edited_pipelines):
     # gates come only from the pipeline files: a copy with an int8 gate no model can meet
-    edited_pipelines("04_parity.toml", "[gates.int8]\ntop1_drop = { max = 0.005 }", "[gates.int8]\ntop1_drop = { max = -0.5 }")
+    edited_pipelines("04_parity.toml", "[gates.classification.int8]\ntop1_drop = { max = 0.005 }",
+                     "[gates.classification.int8]\ntop1_drop = { max = -0.5 }")
     with pytest.raises(GateFailure, match="onnx int8"):
         run_parity({"checkpoint": str(trained_ci_checkpoint), "formats": ["onnx"], "pictures": 200,
                     "out": str(tmp_path / "out"), "onnx_params": FORMAT_PARAMS["onnx_params"]}, progress=False)
@@ -100,13 +102,27 @@ def test_every_format_refuses_images_it_cannot_take(trained_ci_checkpoint, tmp_p
 
 
 def test_same_model_check_reads_cached_and_fresh_metadata_alike():
-    """A cached resolve stage's metadata comes back from JSON (lists), a fresh one has tuples."""
-    from mbv3_mobile.verify.parity import check_same_model
+    """A cached resolve stage's metadata comes back from JSON (lists), a fresh one has tuples: the
+    two describe one model; other preprocessing or other weights do not."""
+    import json
 
-    fresh = {"labels": ["a", "b"], "preprocessing": {"resolution": 64, "mean": (0.5, 0.5, 0.5)}, "source_sha256": "x"}
-    cached = {"labels": ["a", "b"], "preprocessing": {"resolution": 64, "mean": [0.5, 0.5, 0.5]}, "source_sha256": "x"}
-    check_same_model("android", fresh, "ios", cached)
-    with pytest.raises(PipelineError, match=r"the ios artifacts carry other preprocessing .* than the android"):
-        check_same_model("android", fresh, "ios", {**cached, "preprocessing": {"resolution": 48, "mean": [0.5] * 3}})
-    with pytest.raises(PipelineError, match=r"other weights"):
-        check_same_model("android", fresh, "ios", {**cached, "source_sha256": "y"})
+    from mbv3_mobile.crossformat.formats import FormatRun, check_same_model
+    from mbv3_mobile.data.preprocess import preset
+    from mbv3_mobile.pipeline.contracts import ResolvedModel
+    from mbv3_mobile.pipeline.runner import StageResult
+
+    def run(pipeline: str, meta: dict) -> FormatRun:
+        result = StageResult("resolve", None, "k", Path(), json.loads(json.dumps(meta)), True, 0.0)
+        spec = type("Spec", (), {"name": pipeline})()
+        return FormatRun(None, spec, {}, {"resolve": result})
+
+    fresh = ResolvedModel(task="classification", model_name="m", config={"num_classes": 2}, preprocessing=preset("mbv3", 64),
+                          preprocessing_rule="", labels=("a", "b"), labels_from="checkpoint", source="s",
+                          source_format="mbv3-mobile", source_sha256="x", params=1, macs=1)
+    check_same_model(run("android", fresh.to_meta()), run("ios", fresh.to_meta()))
+    other = {**fresh.to_meta(), "preprocessing": preset("mbv3", 48).to_dict()}
+    with pytest.raises(PipelineError, match=r"the ios artifacts carry another model than the android artifacts "
+                                            r"\(preprocessing"):
+        check_same_model(run("android", fresh.to_meta()), run("ios", other))
+    with pytest.raises(PipelineError, match=r"weights: y vs x"):
+        check_same_model(run("android", fresh.to_meta()), run("ios", {**fresh.to_meta(), "source_sha256": "y"}))

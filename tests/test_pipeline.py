@@ -190,7 +190,7 @@ def test_android_keys_follow_the_code_each_stage_runs(trained_ci_checkpoint, tmp
     changed = {k for k in before if before[k] != lowered[k]}
     assert {"lower[fp32]", "lower[ptq]", "verify[fp32]", "bundle[ptq]", "package"} <= changed
     assert "resolve" not in changed
-    carded = edit("report/card/render.py")
+    carded = edit("card/render.py")
     assert {k for k in before if lowered[k] != carded[k]} == {"package"}
     gates = tmp_path / "android.toml"
     gates.write_text(spec.path.read_text().replace("top1_drop = { max = 0.005 }", "top1_drop = { max = 0.0001 }"))

@@ -59,7 +59,8 @@ def test_torchvision_checkpoint_exports_from_sample_photos_with_label_free_gates
     _, folder = android_large
     m = json.loads((folder / "manifest.json").read_text())
     assert m["pictures"]["ptq"]["source"].startswith("sample photos") and not m["pictures"]["ptq"]["labelled"]
-    assert m["pictures"]["ptq"]["gate_table"] == "ptq_unlabelled" and m["pictures"]["fp32"]["gate_table"] == "fp32"
+    assert m["pictures"]["ptq"]["gate_table"] == "classification.ptq_unlabelled"
+    assert m["pictures"]["fp32"]["gate_table"] == "classification.fp32"
     fp32, ptq = m["figures"]["fp32"], m["figures"]["ptq"]
     assert "top1" not in ptq and ptq["images"] == 80
     assert fp32["top1_agreement"] == 1.0 and fp32["max_abs_dlogit"] <= 1e-4
@@ -91,7 +92,7 @@ def test_manifest_preprocessing_reproduces_the_gates_inputs_from_raw_files(torch
     assert hashlib.sha256(pixels.tobytes()).hexdigest() == used["pixels_sha256"]
     assert {f.suffix for f in files} == {".jpg", ".png", ".webp", ".bmp", ".gif", ".tiff"}
     assert m["figures"]["fp32"]["top1_agreement"] == 1.0 and "int8" in m["figures"]
-    assert results["verify[int8]"].meta["gate"] == "int8_unlabelled"
+    assert results["verify[int8]"].meta["gate"] == "classification.int8_unlabelled"
 
 
 def test_core_ml_package_of_a_torchvision_checkpoint_is_an_imagenet_classifier(torchvision_large, tmp_path):
@@ -102,7 +103,7 @@ def test_core_ml_package_of_a_torchvision_checkpoint_is_an_imagenet_classifier(t
                  progress=False)
     folder = tmp_path / NAME
     m = json.loads((folder / "manifest.json").read_text())
-    assert m["figures"]["fp16"]["bounds"]["snr_db"][0] >= 40 and m["pictures"]["fp16"]["gate_table"] == "fp16_unlabelled"
+    assert m["figures"]["fp16"]["bounds"]["snr_db"][0] >= 40 and m["pictures"]["fp16"]["gate_table"] == "classification.fp16_unlabelled"
     spec = ct.models.MLModel(str(folder / "MobileNetV3.mlpackage"), skip_model_load=True).get_spec()
     names = list(spec.description.output)
     assert [o.name for o in names][:2] == ["classLabel", "classLabel_probs"]
@@ -148,7 +149,7 @@ def test_model_trained_on_an_image_folder_exports_with_accuracy_gates(trained_ci
                                                    "eval_data": str(root / "test"), "out": str(tmp_path / "dist")},
                            progress=False)
     fig = results["verify[int8]"].meta["figures"]
-    assert results["verify[int8]"].meta["gate"] == "int8" and fig["labelled"] and fig["images"] == 400
+    assert results["verify[int8]"].meta["gate"] == "classification.int8" and fig["labelled"] and fig["images"] == 400
     assert "top1_drop" in fig and fig["bounds"]["top1_drop"][0] <= fig["top1_drop"] <= fig["bounds"]["top1_drop"][1]
     labels = (tmp_path / "dist" / "mobilenet_v3_small_050_32px" / "labels.txt").read_text().split()
     assert labels == sorted(names)

@@ -11,8 +11,8 @@ def register(sub) -> None:
 
 def run(args, rest: list[str]) -> int:
     from mbv3_mobile.cli.options import parse_overrides
+    from mbv3_mobile.crossformat.bench.run import run_bench
     from mbv3_mobile.pipeline.spec import load_pipeline
-    from mbv3_mobile.report.bench.run import run_bench
 
     run_bench(parse_overrides(load_pipeline("bench"), rest, prog="mbv3 bench"), progress=not args.quiet)
     return 0

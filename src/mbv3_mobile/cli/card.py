@@ -16,7 +16,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from mbv3_mobile.report.card import CARD_JSON, CARD_MD, write_card
+    from mbv3_mobile.card import CARD_JSON, CARD_MD, write_card
 
     card = write_card(args.folder, parity=args.parity, bench=args.bench, harness=args.harness)
     lat = card["latency"]

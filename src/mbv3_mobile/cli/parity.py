@@ -10,8 +10,8 @@ def register(sub) -> None:
 
 def run(args, rest: list[str]) -> int:
     from mbv3_mobile.cli.options import parse_overrides
+    from mbv3_mobile.crossformat.parity import run_parity
     from mbv3_mobile.pipeline.spec import load_pipeline
-    from mbv3_mobile.verify.parity import run_parity
 
     overrides = parse_overrides(load_pipeline("parity"), rest, prog="mbv3 parity")
     run_parity(overrides, progress=not args.quiet)

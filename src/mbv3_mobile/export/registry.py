@@ -1,6 +1,7 @@
 """The format registry, as torchvision registers models: each format folder under `export/`
-registers one `FormatSpec` in its `__init__.py`; parity, the bench, the model card, the CLI, the
-nox sessions (through the pipeline files) and the README's format table iterate it.
+registers one `FormatSpec` in its `__init__.py`; parity, the bench, the CLI, the nox sessions
+(through the pipeline files) and the README's format table iterate it. A published folder's
+manifest records its format's facts (`FormatSpec.describe`), so the model card needs no registry.
 
 A new format is one folder (`export/<name>/` with its `__init__.py` registration, stages and
 runtime), one pipeline file (`pipelines/NN_<pipeline>.toml`) and nothing else: discovery imports
@@ -33,12 +34,26 @@ class FormatSpec:
     variants_param: str  # the pipeline's list parameter that picks variants ("quant", "variants")
     artifact: str  # hook (params, variant) -> published file name of that variant
     verify_runtime: str  # what the verify stages run, in words (model card)
-    parity_entries: str  # hook (results) -> [verify.parity.FormatEntry]
-    deployment_notes: str  # hook (manifest, export) -> [str] for the model card
-    bench_runtimes: str | None = None  # hook (results) -> [report.bench BenchRuntime-like dicts]
+    parity_entries: str  # hook (results) -> [verify.compare.Candidate]
+    bench_runtimes: str | None = None  # hook (results) -> [crossformat.bench runtime rows]
     harness_target: str | None = None  # mobile_harness target that runs its artifacts on a device
     app_platform: str = ""  # Android, iOS, any
     extensions: tuple[str, ...] = field(default_factory=tuple)
+    tasks: tuple[str, ...] = ("classification",)  # the tasks (tasks.registry) it can export
+
+    def require_task(self, task: str) -> None:
+        """Refuse, before any stage, a task this format cannot export yet."""
+        if task not in self.tasks:
+            raise FormatError(f"the {self.pipeline} pipeline ({self.title}) exports {', '.join(self.tasks)} models, "
+                              f"not {task}")
+
+    def describe(self) -> dict:
+        """What a published manifest records of its format (`export_format`), so readers of the
+        folder (the model card, tools) need no registry: pipeline, runtimes, device target."""
+        return {"name": self.name, "id": self.manifest_id, "title": self.title, "pipeline": self.pipeline,
+                "variants_param": self.variants_param, "verify_runtime": self.verify_runtime,
+                "harness_target": self.harness_target, "bench": self.bench_runtimes is not None,
+                "platform": self.app_platform}
 
     def hook(self, name: str) -> Callable:
         dotted = getattr(self, name)
@@ -83,11 +98,6 @@ def get_format(name: str) -> FormatSpec:
             return spec
     known = ", ".join(f"{s.pipeline} ({s.name})" for s in list_formats())
     raise FormatError(f"unknown format {name!r}: known formats are {known}")
-
-
-def format_of_manifest(manifest_id: str) -> FormatSpec | None:
-    _discover()
-    return next((s for s in _REGISTRY.values() if s.manifest_id == manifest_id), None)
 
 
 def format_table() -> str:

@@ -14,8 +14,7 @@ from mbv3_mobile.data.datasets import FASHION_MNIST_NAMES, DataError, load_fashi
 from mbv3_mobile.data.labels import default_labels, read_labels
 from mbv3_mobile.data.pictures import check_picture_header, sample_photo_files, scan_pictures
 from mbv3_mobile.data.selection import SAMPLES, choose
-from mbv3_mobile.model.checkpoint import CheckpointError, load_checkpoint
-from mbv3_mobile.pipeline.spec import PipelineError, PipelineSpec
+from mbv3_mobile.pipeline.spec import PipelineSpec
 
 # Disk a run may need beyond the inputs: cached stages plus the published folder, per variant,
 # as a multiple of the fp32 weights (a .pte, a bundle, a program, copies); generous on purpose.
@@ -54,24 +53,17 @@ def spec_variants(spec: PipelineSpec) -> str:
 
 
 def _checkpoint(params: dict):
-    if params.get("checkpoint"):
-        path = Path(params["checkpoint"])
-        if not path.is_file():
-            raise PipelineError(f"--checkpoint {path} does not exist; pass a .safetensors/.pth file or omit it "
-                                "to use the embedded Fashion-MNIST default")
-    else:
-        from mbv3_mobile.train.zoo import RECIPES, embedded
+    from mbv3_mobile.pipeline.stages import checkpoint_source, load_for_task, task_of
+    from mbv3_mobile.train.zoo import embedded
 
-        recipe = params.get("recipe", "default")
-        if recipe not in RECIPES:
-            raise PipelineError(f"unknown recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
+    path, recipe = checkpoint_source(params)
+    if path is None:
         path = embedded(recipe)
         if path is None:
             return _RecipeOnly(recipe)
-    try:
-        return load_checkpoint(path, arch=params.get("arch") or None, width=params.get("width") or None)
-    except CheckpointError as exc:
-        raise PipelineError(f"checkpoint does not match the request: {exc}") from None
+    ck = load_for_task(task_of(params), path, params)
+    task_of(params, ck.extra)  # a checkpoint naming a task this version does not know fails here
+    return ck
 
 
 class _RecipeOnly:

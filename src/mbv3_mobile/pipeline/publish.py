@@ -16,9 +16,10 @@ from pathlib import Path
 
 from mbv3_mobile.core.atomic import atomic_dir
 from mbv3_mobile.core.hashing import sha256_file
+from mbv3_mobile.pipeline.contracts import ResolvedModel, ThreadsPick, VerifyFigures
 from mbv3_mobile.pipeline.runner import StageContext, StageResult, tool_versions
 from mbv3_mobile.pipeline.spec import PipelineError
-from mbv3_mobile.verify.gates import figures_table
+from mbv3_mobile.tasks import get_task
 
 
 def environment() -> dict:
@@ -38,54 +39,72 @@ def file_entry(path: Path, root: Path) -> dict:
     return {"path": str(path.relative_to(root)), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
-def output_name(params: dict, resolved: dict) -> str:
-    return params.get("name") or f"{resolved['model_name']}_{resolved['preprocessing']['resolution']}px"
-
-
-def input_spec(resolved: dict, name: str = "image") -> dict:
-    r = resolved["preprocessing"]["resolution"]
+def input_spec(resolved: ResolvedModel, name: str = "image") -> dict:
+    r = resolved.resolution
     return {"name": name, "shape": [1, 3, r, r], "dtype": "float32", "layout": "NCHW", "channel_order": "RGB",
             "value": "normalised: (pixel / 255 - mean) / std per channel"}
 
 
-def gates_of(ctx: StageContext) -> dict:
+def gates_of(gates: dict) -> dict:
     """The pipeline's gate tables as data, for the manifest."""
-    return {table: [rule.describe() for rule in rules] for table, rules in ctx.gates.items()}
+    return {table: [rule.describe() for rule in rules] for table, rules in gates.items()}
 
 
-def write_manifest(folder: Path, *, fmt: str, resolved: dict, figures: dict, extra: dict | None = None) -> dict:
-    """manifest.json over every file in `folder` (sha256 + size), with model, preprocessing and figures."""
-    (folder / "labels.txt").write_text("\n".join(resolved["labels"]) + "\n")
+def write_manifest(folder: Path, *, fmt: dict, resolved: ResolvedModel, figures: dict, gates: dict,
+                   extra: dict | None = None, notes: Callable[[dict], list[str]] | None = None) -> dict:
+    """manifest.json over every file in `folder` (sha256 + size), with model, task, preprocessing,
+    figures and the gates that judged them. `fmt` is the format's `FormatSpec.describe()`;
+    `notes(manifest)` says what an app must match (the model card shows it)."""
+    (folder / "labels.txt").write_text("\n".join(resolved.labels) + "\n")
     files = [file_entry(p, folder) for p in sorted(folder.iterdir()) if p.name != "manifest.json"]
     manifest = {
-        "format": fmt,
+        "format": fmt["id"],
+        "export_format": fmt,
+        "task": resolved.task,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "model": {"name": resolved["model_name"], **resolved["config"], "params": resolved["params"], "macs": resolved["macs"]},
-        "source_checkpoint": {"path": resolved["source"], "sha256": resolved["source_sha256"], "format": resolved["source_format"]},
-        "preprocessing": {**resolved["preprocessing"], "rule": resolved.get("preprocessing_rule")},
-        "labels": resolved["labels"],
-        "labels_from": resolved.get("labels_from"),
+        "model": {"name": resolved.model_name, **resolved.config, "params": resolved.params, "macs": resolved.macs},
+        "source_checkpoint": {"path": resolved.source, "sha256": resolved.source_sha256, "format": resolved.source_format},
+        "preprocessing": {**resolved.preprocessing.to_dict(), "rule": resolved.preprocessing_rule},
+        "labels": list(resolved.labels),
+        "labels_from": resolved.labels_from,
         "files": files,
         "figures": figures,
+        "gates": gates_of(gates),
         **(extra or {}),
         **environment(),
     }
+    manifest["deployment"] = {"runtime": fmt["verify_runtime"], "notes": notes(manifest) if notes else []}
     write_json(folder / "manifest.json", manifest)
     return manifest
 
 
 @dataclass
 class Publication:
-    """What a package stage publishes: the resolved model, variants, output folder and figures."""
+    """What a package stage publishes: the resolved model, its variants' verify results, the
+    output folder and the figures table."""
 
-    resolved: dict
+    resolved: ResolvedModel
     variants: list[str]
-    name: str
     final: Path
-    figures: dict
-    verdicts: dict
-    pictures: dict  # variant -> which pictures its figures come from (source, count, labelled)
+    verify: dict[str, VerifyFigures]
     table: str
+
+    @property
+    def name(self) -> str:
+        return self.final.name
+
+    @property
+    def figures(self) -> dict:
+        return {v: r.figures for v, r in self.verify.items()}
+
+    @property
+    def verdicts(self) -> dict:
+        return {v: r.judged for v, r in self.verify.items()}
+
+    @property
+    def pictures(self) -> dict:
+        """variant -> which pictures its figures come from (source, count, labelled) and their gate table."""
+        return {v: r.pictures_with_table for v, r in self.verify.items()}
 
     @property
     def pictures_text(self) -> str:
@@ -100,15 +119,16 @@ class Publication:
 
 def publication(ctx: StageContext, variants_param: str, row_label: str) -> Publication:
     """Gather the package stage's inputs; `row_label` is formatted with the variant (`{v}`)."""
-    resolved = ctx.inputs["resolve"].meta
+    resolved = ctx.resolved
     variants = list(ctx.params[variants_param])
-    name = output_name(ctx.params, resolved)
-    verify = {v: ctx.inputs[f"verify[{v}]"] for v in variants}
-    figures = {v: r.meta["figures"] for v, r in verify.items()}
-    verdicts = {v: r.meta.get("judged", []) for v, r in verify.items()}
-    pictures = {v: {**r.meta.get("pictures", {}), "gate_table": r.meta.get("gate")} for v, r in verify.items()}
-    table = figures_table({row_label.format(v=v): f for v, f in figures.items()})
-    return Publication(resolved, variants, name, Path(ctx.params["out"]) / name, figures, verdicts, pictures, table)
+    verify = {v: VerifyFigures.of(ctx.upstream("verify", v)) for v in variants}
+    table = figures_table(resolved, {row_label.format(v=v): r.figures for v, r in verify.items()})
+    return Publication(resolved, variants, Path(ctx.params["out"]) / resolved.output_name(ctx.params), verify, table)
+
+
+def figures_table(resolved: ResolvedModel, rows: dict[str, dict]) -> str:
+    """The task's table of figures (one row per entry, with bounds)."""
+    return get_task(resolved.task).module("figures").table(rows)
 
 
 def _group(pictures: dict) -> dict:
@@ -163,19 +183,19 @@ def publish(ctx: StageContext, pub: Publication, build: Callable[[Path], None],
     return {"published": str(pub.final), "figures": pub.figures}
 
 
-def threads_table(picks: dict[str, dict]) -> str:
-    """README section from the `threads` stages: {file: measured (core.threads.measure_threads)}."""
+def threads_table(picks: dict[str, ThreadsPick]) -> str:
+    """README section from the `threads` stages: {file: its pick}."""
     first = next(iter(picks.values()))
-    host, runtime = first["measured_on"], first["runtime"]
-    counts = sorted({n for t in picks.values() for n in t["p50_ms"]}, key=int)
-    lines = [f"Timed at export on {host['cpu']} ({host['usable_cores']} usable cores) in {runtime}, median of "
-             f"{first.get('rounds', 5)} interleaved rounds; the pick is the fastest count whose gain over fewer threads "
+    host = first.measured_on
+    counts = sorted({n for t in picks.values() for n in t.p50_ms}, key=int)
+    lines = [f"Timed at export on {host['cpu']} ({host['usable_cores']} usable cores) in {first.runtime}, median of "
+             f"{first.rounds} interleaved rounds; the pick is the fastest count whose gain over fewer threads "
              "beats the noise (fewer threads otherwise: less power, less contention with the app):", "",
              "| file | threads to use | " + " | ".join(f"{n} thread{'s' * (n != '1')}" for n in counts) + " |",
              "|---|---:|" + "---:|" * len(counts)]
     for file, t in picks.items():
-        lines.append(f"| `{file}` | {t['recommended']} | "
-                     + " | ".join(f"{t['p50_ms'][n]:.2f} ms" if n in t["p50_ms"] else "–" for n in counts) + " |")
+        lines.append(f"| `{file}` | {t.recommended} | "
+                     + " | ".join(f"{t.p50_ms[n]:.2f} ms" if n in t.p50_ms else "–" for n in counts) + " |")
     return "\n".join(lines)
 
 

@@ -1,7 +1,7 @@
 """The staged pipeline runner (pipelines are data: see `pipeline.spec`).
 
 A stage instance's cache key is the sha256 of: its name and function, the source of every project
-module that function can reach (`pipeline.code`), the values of the parameters it declares, the
+module that function can reach (`core.code`), the values of the parameters it declares, the
 content of the files/folders its `deps` parameters name, the keys and recorded output sha256s of its upstream instances, its
 optional `<function>_fingerprint` hook, and the tool versions. Gates are in no key: a verify stage
 records figures and the name of its gate table, and the runner checks them against the pipeline's
@@ -35,7 +35,7 @@ from mbv3_mobile.core.atomic import atomic_dir
 from mbv3_mobile.core.code import code_fingerprint
 from mbv3_mobile.core.hashing import sha256_file
 from mbv3_mobile.pipeline.spec import GateFailure, PipelineError, PipelineSpec, StageSpec
-from mbv3_mobile.verify.gates import GateRule
+from mbv3_mobile.verify.gates import FAIL, INCONCLUSIVE, GateRule, blocking, check_gates
 
 STAGE_META = "stage.json"
 
@@ -70,7 +70,7 @@ class StageContext:
     stage: StageSpec
     variant: str | None
     params: dict[str, Any]
-    inputs: dict[str, StageResult]
+    inputs: dict[str, StageResult]  # by upstream stage name; `stage[variant]` for every variant of a foreach stage
     all_results: dict[str, StageResult]
     out_dir: Path
     progress: bool = True
@@ -85,9 +85,64 @@ class StageContext:
             raise PipelineError(f"stage {self.stage.name!r} declares no output {name!r} in {self.pipeline.path}")
         return self.out_dir / self.stage.outs[name]
 
+    def upstream(self, stage: str, variant: str | None = None) -> StageResult:
+        """An input by stage name: its same-variant instance, or the named `variant` of a foreach
+        stage this (non-foreach) stage reads every variant of."""
+        label = f"{stage}[{variant}]" if variant is not None else stage
+        if label in self.inputs:
+            return self.inputs[label]
+        if variant is not None and stage in self.inputs and self.inputs[stage].variant == variant:
+            return self.inputs[stage]
+        raise PipelineError(f"stage {self.stage.name!r} reads no {label!r}: declare it in `inputs` ({self.pipeline.path})")
+
+    @property
+    def resolved(self):
+        """The resolve stage's model (`contracts.ResolvedModel`)."""
+        from mbv3_mobile.pipeline.contracts import ResolvedModel
+
+        return ResolvedModel.of(self.upstream("resolve"))
+
     @property
     def gates(self) -> dict[str, tuple[GateRule, ...]]:
         return self.pipeline.gates
+
+
+@dataclass
+class StageRun:
+    """One stage instance of a run: everything its cache key covers and its function receives."""
+
+    spec: PipelineSpec
+    stage: StageSpec
+    fn: Callable
+    code: str
+    variant: str | None
+    params: dict[str, Any]  # the stage's declared parameters (and its deps)
+    inputs: dict[str, StageResult]
+    results: dict[str, StageResult]
+    versions: dict[str, str]
+    progress: bool
+
+    @property
+    def label(self) -> str:
+        return f"{self.stage.name}[{self.variant}]" if self.variant else self.stage.name
+
+    def context(self, out_dir: Path) -> StageContext:
+        return StageContext(self.spec, self.stage, self.variant, self.params, self.inputs, self.results, out_dir,
+                            self.progress)
+
+    def key(self, all_params: dict[str, Any]) -> tuple[str, dict]:
+        """(key, key data): everything the stage's output depends on."""
+        hook = getattr(sys.modules[self.fn.__module__], f"{self.fn.__name__}_fingerprint", None)
+        key_data = {
+            "pipeline": self.spec.name, "stage": self.stage.name, "variant": self.variant, "run": self.stage.run,
+            "code": self.code, "params": self.params,
+            "deps": {p: path_fingerprint(all_params[p]) for p in self.stage.deps},
+            # an input is its key and the bytes it holds: some tools write different bytes for the same
+            # input (ORT's .ort serialiser does), so a rebuilt upstream entry must re-run what measured it
+            "inputs": {k: [v.key, v.meta.get("files")] for k, v in sorted(self.inputs.items())},
+            "fingerprint": hook(self.context(Path())) if hook else None, "versions": self.versions,
+        }
+        return hashlib.sha256(json.dumps(key_data, sort_keys=True, default=str).encode()).hexdigest()[:16], key_data
 
 
 def tool_versions() -> dict[str, str]:
@@ -151,88 +206,75 @@ def check_params(spec: PipelineSpec, overrides: dict[str, Any] | None) -> dict[s
 
 def preflight(spec: PipelineSpec, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The effective parameters, after the pipeline's `checks` (seconds, nothing written): every
-    option and input is validated before the first stage runs."""
+    stage function imports and every option and input is validated before the first stage runs."""
     params = check_params(spec, overrides)
+    for st in spec.stages:  # a stage that cannot be imported fails now, not after the stages before it
+        resolve_callable(st.run)
     for dotted in spec.settings.get("checks", []):
         resolve_callable(dotted)(spec, params)
     return params
+
+
+def stage_runs(spec: PipelineSpec, params: dict[str, Any], results: dict[str, StageResult], *,
+               progress: bool = True):
+    """Every stage instance in order, as `StageRun`s. The caller puts each instance's result into
+    `results` before taking the next (later instances read their inputs from it)."""
+    versions = tool_versions()
+    for st in spec.stages:
+        fn = resolve_callable(st.run)
+        code = code_fingerprint(fn.__module__)
+        for variant in (list(params[st.foreach]) if st.foreach else [None]):
+            inputs = {label: r for dep in st.inputs for label, r in _upstream(results, dep, variant).items()}
+            stage_params = {p: params[p] for p in st.param_names(variant)}
+            for p in st.deps:
+                stage_params.setdefault(p, params[p])
+            yield StageRun(spec, st, fn, code, variant, stage_params, inputs, results, versions, progress)
 
 
 def run_pipeline(spec: PipelineSpec, overrides: dict[str, Any] | None = None, *, progress: bool = True,
                  force: bool = False) -> dict[str, StageResult]:
     """Run (or reuse) every stage; returns results keyed 'stage' or 'stage[variant]'."""
     params = preflight(spec, overrides)
-    versions = tool_versions()
     results: dict[str, StageResult] = {}
     t_start = time.perf_counter()
-    for st in spec.stages:
-        fn = resolve_callable(st.run)
-        code = code_fingerprint(fn.__module__)
-        variants = list(params[st.foreach]) if st.foreach else [None]
-        for variant in variants:
-            result = _run_stage(spec, st, fn, code, variant, params, results, versions, progress=progress, force=force)
-            results[result.label] = result
-            _apply_gates(spec, result, params.get("inconclusive", "fail"))
+    for run in stage_runs(spec, params, results, progress=progress):
+        result = _run_stage(run, params, force=force)
+        results[result.label] = result
+        _apply_gates(spec, result, params.get("inconclusive", "fail"))
     total = time.perf_counter() - t_start
     results["_total"] = StageResult("_total", None, "", Path(), {"seconds": total}, False, total)
     return results
 
 
-def _stage_key(spec, st, fn, code, variant, params, inputs, results, versions, progress) -> tuple[str, dict, dict]:
-    """(key, key data, stage params) of one stage instance: everything its output depends on."""
-    stage_params = {p: params[p] for p in st.param_names(variant)}
-    for p in st.deps:
-        stage_params.setdefault(p, params[p])
-    probe = StageContext(spec, st, variant, stage_params, inputs, results, Path(), progress)
-    hook = getattr(sys.modules[fn.__module__], f"{fn.__name__}_fingerprint", None)
-    key_data = {
-        "pipeline": spec.name, "stage": st.name, "variant": variant, "run": st.run, "code": code,
-        "params": stage_params, "deps": {p: path_fingerprint(params[p]) for p in st.deps},
-        # an input is its key and the bytes it holds: some tools write different bytes for the same
-        # input (ORT's .ort serialiser does), so a rebuilt upstream entry must re-run what measured it
-        "inputs": {k: [v.key, v.meta.get("files")] for k, v in sorted(inputs.items())},
-        "fingerprint": hook(probe) if hook else None, "versions": versions,
-    }
-    key = hashlib.sha256(json.dumps(key_data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return key, key_data, stage_params
-
-
 def plan_pipeline(spec: PipelineSpec, overrides: dict[str, Any] | None = None) -> dict[str, str]:
     """Every stage instance's cache key, without running anything (what a run would reuse or build)."""
     params = check_params(spec, overrides)
-    versions = tool_versions()
     results: dict[str, StageResult] = {}
-    for st in spec.stages:
-        fn = resolve_callable(st.run)
-        code = code_fingerprint(fn.__module__)
-        for variant in (list(params[st.foreach]) if st.foreach else [None]):
-            inputs = {label: r for dep in st.inputs for label, r in _upstream(results, dep, variant).items()}
-            key, _, _ = _stage_key(spec, st, fn, code, variant, params, inputs, results, versions, False)
-            result = StageResult(st.name, variant, key, Path(), {}, False, 0.0, st.outs)
-            results[result.label] = result
+    for run in stage_runs(spec, params, results, progress=False):
+        key, _ = run.key(params)
+        results[run.label] = StageResult(run.stage.name, run.variant, key, Path(), {}, False, 0.0, run.stage.outs)
     return {label: r.key for label, r in results.items()}
 
 
-def _run_stage(spec, st, fn, code, variant, params, results, versions, *, progress, force) -> StageResult:
-    inputs = {label: r for dep in st.inputs for label, r in _upstream(results, dep, variant).items()}
-    key, key_data, stage_params = _stage_key(spec, st, fn, code, variant, params, inputs, results, versions, progress)
-    label = f"{st.name}[{variant}]" if variant else st.name
-    target = cache_dir() / spec.name / label / key
-    if not st.cache:
-        return _build(spec, st, fn, variant, stage_params, inputs, results, target, key, key_data, progress, keep=False)
+def _run_stage(run: StageRun, params: dict[str, Any], *, force: bool) -> StageResult:
+    key, key_data = run.key(params)
+    target = cache_dir() / run.spec.name / run.label / key
+    if not run.stage.cache:
+        return _build(run, target, key, key_data, keep=False)
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / f".{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent run building this entry finishes first
         if not force:
-            reused = _reuse(spec.name, label, target, st, variant)
+            reused = _reuse(run, target)
             if reused is not None:
                 return reused
-        return _build(spec, st, fn, variant, stage_params, inputs, results, target, key, key_data, progress, keep=True)
+        return _build(run, target, key, key_data, keep=True)
 
 
-def _reuse(pipeline: str, label: str, target: Path, st: StageSpec, variant: str | None) -> StageResult | None:
+def _reuse(run: StageRun, target: Path) -> StageResult | None:
     """The cached entry if every file it recorded still has its recorded sha256; else None (and
     a damaged entry is removed, saying why)."""
+    pipeline, label, st = run.spec.name, run.label, run.stage
     meta_path = target / STAGE_META
     if not meta_path.is_file():
         return None
@@ -264,28 +306,29 @@ def _reuse(pipeline: str, label: str, target: Path, st: StageSpec, variant: str 
         shutil.rmtree(target, ignore_errors=True)
         return None
     print(f"[{pipeline}:{label}] cached ({target.name}, {len(meta['files'])} file(s) verified)", flush=True)
-    return StageResult(st.name, variant, target.name, target, meta, True, 0.0, st.outs)
+    return StageResult(st.name, run.variant, target.name, target, meta, True, 0.0, st.outs)
 
 
-def _build(spec, st, fn, variant, stage_params, inputs, results, target, key, key_data, progress, *, keep) -> StageResult:
+def _build(run: StageRun, target: Path, key: str, key_data: dict, *, keep: bool) -> StageResult:
     """Run the stage into a temp folder; a cached stage's folder becomes `target` (atomically), an
     uncached one's (publish) is dropped once the stage has written its own outputs."""
+    st = run.stage
     t0 = time.perf_counter()
     with (atomic_dir(target) if keep else tempfile.TemporaryDirectory(prefix="mbv3-stage-")) as tmp:
         tmp = Path(tmp)
-        ctx = StageContext(spec, st, variant, stage_params, inputs, results, tmp, progress)
+        ctx = run.context(tmp)
         ctx.log("running")
-        meta = fn(ctx) or {}
+        meta = run.fn(ctx) or {}
         missing = [f"{name} ({file})" for name, file in st.outs.items() if not (tmp / file).exists()]
         if missing:
             raise PipelineError(f"stage {st.name!r} did not write its declared output(s): {', '.join(missing)}")
         files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-        meta = {"stage": st.name, "variant": variant, "key": key, "key_data": key_data,
+        meta = {"stage": st.name, "variant": run.variant, "key": key, "key_data": key_data,
                 "seconds": round(time.perf_counter() - t0, 3), **meta, "files": files}
         (tmp / STAGE_META).write_text(json.dumps(meta, indent=2, default=str))
     seconds = time.perf_counter() - t0
     ctx.log(f"done in {seconds:.1f} s")
-    return StageResult(st.name, variant, key, target if keep else Path(), meta, False, seconds, st.outs)
+    return StageResult(st.name, run.variant, key, target if keep else Path(), meta, False, seconds, st.outs)
 
 
 def _apply_gates(spec: PipelineSpec, result: StageResult, inconclusive: str) -> None:
@@ -294,23 +337,34 @@ def _apply_gates(spec: PipelineSpec, result: StageResult, inconclusive: str) -> 
     table = result.meta.get("gate")
     if not table:
         return
-    from mbv3_mobile.verify.gates import FAIL, INCONCLUSIVE, check_gates, figures_text
-
     rules = spec.gates.get(table)
     if rules is None:
         raise PipelineError(f"{spec.path}: stage {result.label} is judged by [gates.{table}], which is not declared")
     judged = check_gates(result.meta["figures"], rules)
     result.meta["judged"] = judged  # in memory only: gates are re-judged on every run
     what = result.meta.get("what", result.label)
-    blocking = [j for j in judged if j["verdict"] == FAIL or (j["verdict"] == INCONCLUSIVE and inconclusive == "fail")]
+    stops = blocking(judged, inconclusive)
     for j in judged:
-        if j["verdict"] == INCONCLUSIVE and inconclusive != "fail":
+        if j["verdict"] == INCONCLUSIVE and j not in stops:
             print(f"[{spec.name}:{result.label}] warning: gate inconclusive: {j['message']}", flush=True)
-    if blocking:
-        raise GateFailure(f"{what}: gate {'failed' if any(j['verdict'] == FAIL for j in blocking) else 'inconclusive'}, "
-                          "nothing published:\n  - " + "\n  - ".join(f"{j['verdict']}: {j['message']}" for j in blocking)
-                          + f"\nfigures:\n{figures_text(result.meta['figures'])}"
+    if stops:
+        raise GateFailure(f"{what}: gate {'failed' if any(j['verdict'] == FAIL for j in stops) else 'inconclusive'}, "
+                          "nothing published:\n  - " + "\n  - ".join(f"{j['verdict']}: {j['message']}" for j in stops)
+                          + f"\nfigures:\n{_figures_text(table, result.meta['figures'])}"
                           + (f"\n{result.meta['hint']}" if result.meta.get("hint") else ""))
+
+
+def _figures_text(table: str, figures: dict) -> str:
+    """The figures in the words of the task whose table judged them (`<task>.<table>`), else as numbers."""
+    task_name, dot, _ = table.partition(".")
+    if dot:
+        from mbv3_mobile.tasks import TaskError, get_task
+
+        try:
+            return get_task(task_name).module("figures").text(figures)
+        except TaskError:
+            pass
+    return "\n".join(f"  {k:<16} {v:.6g}" for k, v in figures.items() if isinstance(v, int | float))
 
 
 def _upstream(results: dict[str, StageResult], dep: str, variant: str | None) -> dict[str, StageResult]:
@@ -324,8 +378,3 @@ def _upstream(results: dict[str, StageResult], dep: str, variant: str | None) ->
     if not every:
         raise PipelineError(f"stage {dep!r} has no result for variant {variant!r}")
     return every
-
-
-def variant_results(results: dict[str, StageResult], stage: str) -> dict[str, StageResult]:
-    """All `stage[variant]` results of a foreach stage, keyed by variant."""
-    return {r.variant: r for r in results.values() if r.name == stage and r.variant is not None}

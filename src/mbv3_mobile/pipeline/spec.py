@@ -1,8 +1,10 @@
-"""Pipelines as data: `mbv3_mobile/pipelines/*.toml` (package data, so an installed `mbv3` works
-outside a checkout; `MBV3_PIPELINES_DIR` points elsewhere).
+"""Pipelines as data: `pipelines/*.toml` at the top of the repository, as DVC keeps `dvc.yaml`;
+the wheel ships them as `mbv3_mobile/pipelines/` (pyproject's package-dir mapping), so an installed
+`mbv3` works outside a checkout. `MBV3_PIPELINES_DIR` points elsewhere.
 
 A file declares `name`, `title`, `[params]` (defaults; every one with a line in `[help]`), `[gates.<table>]`
-(bounds on figures, applied by the runner to what verify stages measured) and `[[stages]]`:
+(bounds on figures, applied by the runner to what verify stages measured; a task's tables sit under
+its name, `[gates.classification.ptq]`) and `[[stages]]`:
 
     name, run ("module:function"), inputs (earlier stages), params (declared parameters),
     variant_params ({variant: [params]}), foreach (a list parameter: one instance per value),
@@ -69,8 +71,14 @@ class PipelineSpec:
 
 
 def pipelines_dir() -> Path:
+    """MBV3_PIPELINES_DIR; else the wheel's `mbv3_mobile/pipelines/`; else the checkout's
+    top-level `pipelines/` (a source tree or an editable install)."""
     env = os.environ.get("MBV3_PIPELINES_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "pipelines"
+    if env:
+        return Path(env)
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "pipelines"
+    return installed if installed.is_dir() else package.parents[1] / "pipelines"
 
 
 def pipeline_files() -> dict[str, Path]:
@@ -121,7 +129,7 @@ def load_pipeline(name_or_path: str | os.PathLike) -> PipelineSpec:
             foreach=raw.get("foreach"), deps=tuple(raw.get("deps", ())), outs=dict(raw.get("outs", {})),
             publish=bool(raw.get("publish", False)), cache=bool(raw.get("cache", True)),
         ))
-    gates = {table: _gate_rules(path, table, rules) for table, rules in data.get("gates", {}).items()}
+    gates = _gate_tables(path, data.get("gates", {}))
     settings = {k: v for k, v in data.items() if k not in {"name", "title", "params", "help", "stages", "gates"}}
     spec = PipelineSpec(name=data["name"], title=data.get("title", data["name"]), params=dict(data.get("params", {})),
                         help=dict(data.get("help", {})), stages=tuple(stages), gates=gates, settings=settings, path=path)
@@ -129,12 +137,31 @@ def load_pipeline(name_or_path: str | os.PathLike) -> PipelineSpec:
     return spec
 
 
+def _is_rule(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in _BOUNDS
+
+
+def _gate_tables(path: Path, raw: Any) -> dict[str, tuple[GateRule, ...]]:
+    """`[gates.<table>]` tables of rules, and a task's tables one level down, `[gates.<task>.<table>]`
+    (named "<task>.<table>", e.g. "classification.ptq")."""
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{path}: [gates] must be a table of gate tables")
+    out: dict[str, tuple[GateRule, ...]] = {}
+    for name, table in raw.items():
+        if isinstance(table, dict) and table and all(isinstance(v, dict) and not _is_rule(v) for v in table.values()):
+            for sub, rules in table.items():  # a task's namespace
+                out[f"{name}.{sub}"] = _gate_rules(path, f"{name}.{sub}", rules)
+        else:
+            out[name] = _gate_rules(path, name, table)
+    return out
+
+
 def _gate_rules(path: Path, table: str, rules: Any) -> tuple[GateRule, ...]:
     if not isinstance(rules, dict):
         raise PipelineError(f"{path}: [gates.{table}] must be a table of figure = {{ max = x }} or {{ min = x }}")
     out = []
     for figure, bound in rules.items():
-        if not isinstance(bound, dict) or len(bound) != 1 or next(iter(bound)) not in _BOUNDS:
+        if not _is_rule(bound):
             raise PipelineError(f"{path}: gate {table}.{figure} must be {{ max = x }} or {{ min = x }}, got {bound!r}")
         (kind, limit), = bound.items()
         out.append(GateRule(figure, _BOUNDS[kind], float(limit)))

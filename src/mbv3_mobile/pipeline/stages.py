@@ -1,6 +1,6 @@
 """Stages every export pipeline shares: `resolve_checkpoint` (the first stage) and the verify
-step's common shape (real pictures -> eager fp32 reference and the format's logits -> figures,
-judged later by the runner against the pipeline's gates)."""
+step's common shape (real pictures -> the task's eager reference and the format's outputs ->
+figures, judged later by the runner against the pipeline's gates)."""
 
 from __future__ import annotations
 
@@ -15,26 +15,57 @@ from mbv3_mobile.data.labels import default_labels, read_labels
 from mbv3_mobile.data.pictures import Pictures
 from mbv3_mobile.data.preprocess import Preprocessing, preset, preset_for_source
 from mbv3_mobile.data.selection import choose, pictures
-from mbv3_mobile.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from mbv3_mobile.model.checkpoint import CheckpointError
 from mbv3_mobile.model.flops import profile_model
-from mbv3_mobile.pipeline.runner import StageContext, StageResult
+from mbv3_mobile.pipeline.contracts import ResolvedModel, ThreadsPick, VerifyFigures
+from mbv3_mobile.pipeline.runner import StageContext
 from mbv3_mobile.pipeline.spec import PipelineError
-from mbv3_mobile.verify.compare import compare_logits
+from mbv3_mobile.tasks import TaskError, get_task
 
 MODEL_FILE = "model.safetensors"  # resolve's declared output "model"
 
 
-def resolve_checkpoint_fingerprint(ctx: StageContext) -> str:
-    ckpt = ctx.params.get("checkpoint")
-    if ckpt:
-        path = Path(ckpt)
+def checkpoint_source(params: dict) -> tuple[Path | None, str]:
+    """(the user's --checkpoint file, or None for the recipe's model; the recipe's name), with the
+    one error a missing file or an unknown recipe gets, wherever it is first noticed."""
+    from mbv3_mobile.train.zoo import RECIPES
+
+    if params.get("checkpoint"):
+        path = Path(params["checkpoint"])
         if not path.is_file():
             raise PipelineError(f"--checkpoint {path} does not exist; pass a .safetensors/.pth file or omit it "
                                 "to use the embedded Fashion-MNIST default")
+        return path, ""
+    recipe = params.get("recipe", "default")
+    if recipe not in RECIPES:
+        raise PipelineError(f"unknown recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
+    return None, recipe
+
+
+def task_of(params: dict, extra: dict | None = None):
+    """The task to export for: --task, else the checkpoint's own (its metadata), else classification."""
+    try:
+        return get_task(params.get("task") or (extra or {}).get("task"))
+    except TaskError as exc:
+        raise PipelineError(f"--task: {exc}") from None
+
+
+def load_for_task(task, path: Path, params: dict):
+    """The checkpoint as the task's model, or the one error saying what does not match."""
+    try:
+        return task.module("outputs").load_checkpoint(path, arch=params.get("arch") or None,
+                                                      width=params.get("width") or None)
+    except CheckpointError as exc:
+        raise PipelineError(f"checkpoint does not match the request: {exc}") from None
+
+
+def resolve_checkpoint_fingerprint(ctx: StageContext) -> str:
+    path, recipe = checkpoint_source(ctx.params)
+    if path is not None:
         return "file:" + sha256_file(path)
     from mbv3_mobile.train.zoo import recipe_fingerprint
 
-    return recipe_fingerprint(ctx.params.get("recipe", "default"))
+    return recipe_fingerprint(recipe)
 
 
 def resolve_preprocessing(ck, params: dict) -> Preprocessing:
@@ -79,19 +110,19 @@ def _three_floats(values, key: str) -> tuple[float, float, float]:
 
 
 def resolve_checkpoint(ctx: StageContext) -> dict:
-    """The user's checkpoint, or the embedded default, normalised to our format, with the
+    """The user's checkpoint, or the embedded default, normalised to our format, with the task,
     preprocessing and labels it will be exported with."""
     p = ctx.params
-    if p.get("checkpoint"):
-        source = Path(p["checkpoint"])
-    else:
+    path, recipe = checkpoint_source(p)
+    if path is None:
         from mbv3_mobile.train.zoo import ensure_model
 
-        source = ensure_model(p.get("recipe", "default"), progress=ctx.progress)
-    try:
-        ck = load_checkpoint(source, arch=p.get("arch") or None, width=p.get("width") or None)
-    except CheckpointError as exc:
-        raise PipelineError(f"checkpoint does not match the request: {exc}") from None
+        path = ensure_model(recipe, progress=ctx.progress)
+    task = task_of(p)
+    ck = load_for_task(task, path, p)
+    if task_of(p, ck.extra) is not task:  # no --task, and the checkpoint names its own
+        task = task_of(p, ck.extra)
+        ck = load_for_task(task, path, p)
     pre = resolve_preprocessing(ck, p)
     if ck.preprocessing is not None and pre.resolution != ck.preprocessing.resolution:
         ctx.log(f"warning: exporting at {pre.resolution} px, the model was trained at {ck.preprocessing.resolution} px")
@@ -99,80 +130,75 @@ def resolve_checkpoint(ctx: StageContext) -> dict:
         labels, labels_from = read_labels(p["labels"], ck.config.num_classes), str(p["labels"])
     else:
         labels, labels_from = default_labels(ck.config.num_classes, ck.labels)
-    save_checkpoint(ctx.out("model"), ck.model, preprocessing=pre, labels=labels, extra=ck.extra)
+    from mbv3_mobile.model.checkpoint import save_checkpoint
+
+    save_checkpoint(ctx.out("model"), ck.model, preprocessing=pre, labels=labels, extra={**ck.extra, "task": task.name})
     prof = profile_model(ck.model, pre.resolution)
-    ctx.log(f"{ck.config.name} ({ck.source}) at {pre.resolution} px, {prof.params:,} params, {prof.macs / 1e6:.1f} M MACs; "
-            f"preprocessing {pre.preset}; labels: {labels_from}")
-    return {
-        "source": str(source), "source_format": ck.source, "source_sha256": sha256_file(source),
-        "config": ck.config.to_dict(), "model_name": ck.config.name, "preprocessing": pre.to_dict(),
-        "preprocessing_rule": pre.describe(), "labels": labels, "labels_from": labels_from,
-        "params": prof.params, "macs": prof.macs, "train_summary": {k: ck.extra.get(k) for k in ("val_top1", "epochs")},
-    }
-
-
-def load_resolved(result: StageResult) -> tuple[torch.nn.Module, Preprocessing, list[str]]:
-    ck = load_checkpoint(result.out("model"))
-    return ck.model.eval(), ck.preprocessing, ck.labels
-
-
-@torch.no_grad()
-def eager_logits(model: torch.nn.Module, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
-    return torch.cat([model.eval()(images[i : i + batch]) for i in range(0, len(images), batch)])
+    ctx.log(f"{ck.config.name} ({ck.source}, {task.title}) at {pre.resolution} px, {prof.params:,} params, "
+            f"{prof.macs / 1e6:.1f} M MACs; preprocessing {pre.preset}; labels: {labels_from}")
+    return ResolvedModel(
+        task=task.name, model_name=ck.config.name, config=ck.config.to_dict(), preprocessing=pre,
+        preprocessing_rule=pre.describe(), labels=tuple(labels), labels_from=labels_from, source=str(path),
+        source_format=ck.source, source_sha256=sha256_file(path), params=prof.params, macs=prof.macs,
+        train_summary={k: ck.extra.get(k) for k in ("val_top1", "epochs")}).to_meta()
 
 
 def stage_pictures(ctx: StageContext, purpose: str, *, limit: int | None = None, seed: int = 0) -> Pictures:
     """The pictures a stage uses, by the pipelines' defaults (`data.selection.choose`):
     purpose "eval" (gates), "calib" (calibration) or "train" (QAT, labelled)."""
-    _, pre, labels = load_resolved(ctx.inputs["resolve"])
+    resolved = ctx.resolved
     p = ctx.params
     given = {"eval": p.get("eval_data", ""), "calib": p.get("calib_data", ""), "train": p.get("train_data", "")}[purpose]
-    source, labelled = choose(given=given, images=p.get("images", ""), labels=labels, purpose=purpose)
+    source, labelled = choose(given=given, images=p.get("images", ""), labels=list(resolved.labels), purpose=purpose)
     split = "test" if purpose == "eval" else "train"
     what = {"eval": "--eval-data" if given else "--images", "calib": "--calib-data" if given else "--images",
             "train": "--train-data"}[purpose]
-    return pictures(source, labelled, pre, labels, split=split, limit=limit, seed=seed, what=what)
+    return pictures(source, labelled, resolved.preprocessing, list(resolved.labels), split=split, limit=limit,
+                    seed=seed, what=what)
 
 
 def gate_table(ctx: StageContext, base: str, labelled: bool) -> str:
-    """`base` (e.g. "ptq") for labelled pictures; its label-free table `base_unlabelled` otherwise
-    (where the pipeline declares one: fp32 gates need no labels and have none)."""
-    unlabelled = f"{base}_unlabelled"
-    return unlabelled if not labelled and unlabelled in ctx.gates else base
+    """The task's table `<task>.<base>` (e.g. classification.ptq) for labelled pictures; its
+    label-free form `..._unlabelled` otherwise, where the pipeline declares one."""
+    return get_task(ctx.resolved.task).gate_table(base, labelled, ctx.gates)
 
 
 def verify_against_eager(ctx: StageContext, what: str, run: Callable, *, limit: int | None, gate: str,
-                         artifact: Path) -> dict:
-    """Real pictures -> eager fp32 reference and the format's logits (`run(images, pre)`) ->
-    figures. Returns the verify stage's meta: the runner judges `figures` against the gate table
-    (`gate`, or its label-free form for pictures without labels) on every run, and publishing
-    checks `measured` (sha256 of the bytes measured) against the file it ships."""
-    model, pre, _ = load_resolved(ctx.inputs["resolve"])
+                         artifact: Path, hint: str | None = None) -> dict:
+    """Real pictures -> the task's eager fp32 reference and the format's outputs (`run(images, pre)`)
+    -> figures. Returns the verify stage's meta (`contracts.VerifyFigures`): the runner judges the
+    figures against the gate table (`gate` within the task's tables, or its label-free form for
+    pictures without labels) on every run, and publishing checks `measured` (sha256 of the bytes
+    measured) against the file it ships."""
+    resolved = ctx.resolved
+    task = get_task(resolved.task)
+    model, pre, _ = resolved.load()
     pics = stage_pictures(ctx, "eval", limit=limit)
     x = pics.normalized(pre)
-    reference = _reference(ctx.inputs["resolve"].key, pics, model, x)
+    reference = _reference(task, ctx.upstream("resolve").key, pics, model, x)
     kind = "labelled" if pics.labelled else "unlabelled: label-free gates"
     ctx.log(f"{what}: {len(pics)} real pictures from {pics.source} ({kind})")
-    figures = compare_logits(reference, run(x, pre), pics.labels)
-    return {"figures": figures, "gate": gate_table(ctx, gate, pics.labelled), "what": what,
-            "pictures": pics.describe(), "measured": _measured(artifact)}
+    figures = task.module("figures").compare(reference, run(x, pre), pics.labels)
+    return VerifyFigures(figures=figures, gate=task.gate_table(gate, pics.labelled, ctx.gates), what=what,
+                         pictures=pics.describe(), measured=measured(artifact), hint=hint).to_meta()
 
 
 _REFERENCES: dict[tuple[str, str], torch.Tensor] = {}
 
 
-def _reference(model_key: str, pics: Pictures, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Eager fp32 logits, computed once per (model, pictures) in a process: every verify stage of a
-    run (each variant, .onnx and .ort) compares against the same reference."""
+def _reference(task, model_key: str, pics: Pictures, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The task's eager outputs, computed once per (model, pictures) in a process: every verify
+    stage of a run (each variant, .onnx and .ort) compares against the same reference."""
     key = (model_key, pics.digest())
     if key not in _REFERENCES:
         if len(_REFERENCES) > 8:
             _REFERENCES.clear()
-        _REFERENCES[key] = eager_logits(model, x)
+        _REFERENCES[key] = task.module("outputs").reference(model, x)
     return _REFERENCES[key]
 
 
-def _measured(path: Path) -> dict:
+def measured(path: Path) -> dict:
+    """{file: sha256} of an artifact (a file, or every file of a folder such as an .mlpackage)."""
     if path.is_dir():
         return {str(p.relative_to(path)): sha256_file(p) for p in sorted(path.rglob("*")) if p.is_file()}
     return {path.name: sha256_file(path)}
@@ -181,12 +207,12 @@ def _measured(path: Path) -> dict:
 def time_threads(ctx: StageContext, opener: Callable, path: Path, runtime: str) -> dict:
     """A format's `threads` stage: the artifact at `path`, opened by the bench's `opener(path,
     threads, x)`, timed at 1, 2, 4 .. usable cores (`core.threads.measure_threads`); the meta the
-    package stage puts in the manifest (`variants.<v>.threads`)."""
+    package stage puts in the manifest (`contracts.ThreadsPick`, `variants.<v>.threads`)."""
     import numpy as np
 
     from mbv3_mobile.core.threads import measure_threads
 
-    r = ctx.inputs["resolve"].meta["preprocessing"]["resolution"]
+    r = ctx.resolved.resolution
     # A CNN's latency does not depend on the pixel values: a fixed normal tensor stands in for a picture.
     x = np.random.default_rng(0).standard_normal((1, 3, r, r)).astype(np.float32)
 
@@ -194,7 +220,6 @@ def time_threads(ctx: StageContext, opener: Callable, path: Path, runtime: str) 
         run, keep = opener(str(path), n, x)
         return lambda: (run(), keep)
 
-    measured = measure_threads(open_at, runtime=runtime)
-    ctx.log(f"use {measured['recommended']} thread(s): "
-            + ", ".join(f"{n}: {ms:.2f} ms" for n, ms in measured["p50_ms"].items()))
-    return {"threads": measured}
+    pick = ThreadsPick(**measure_threads(open_at, runtime=runtime))
+    ctx.log(f"use {pick.recommended} thread(s): " + ", ".join(f"{n}: {ms:.2f} ms" for n, ms in pick.p50_ms.items()))
+    return pick.to_meta()

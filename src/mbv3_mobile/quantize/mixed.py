@@ -200,12 +200,14 @@ def meets(figures: dict, rules) -> bool:
 
 def fallback(prepared: torch.fx.GraphModule, float_model: nn.Module, held_out: torch.Tensor,
              labels: torch.Tensor | None, rules, mode: str, *, max_layers: int = 5,
-             log: Callable[[str], None] = print) -> tuple[torch.fx.GraphModule, dict]:
+             log: Callable[[str], None] = print, compare: Callable | None = None) -> tuple[torch.fx.GraphModule, dict]:
     """The converted int8 graph and what was decided. `mode`: "off" (all int8), "auto" (all int8
     unless it misses `rules` on `held_out`; then the fewest, most sensitive layers in fp32 that meet
-    them, at most `max_layers`), or comma-separated layer paths to keep in fp32 as asked."""
+    them, at most `max_layers`), or comma-separated layer paths to keep in fp32 as asked. `compare`
+    (reference, candidate, labels) -> figures judges a candidate (default: the logits comparator)."""
     from mbv3_mobile.verify.compare import compare_logits
 
+    compare = compare or compare_logits
     if mode == "off":
         return convert_with_fp32(prepared), {"mode": "off", "fp32_layers": []}
     known = layers(prepared)
@@ -213,7 +215,7 @@ def fallback(prepared: torch.fx.GraphModule, float_model: nn.Module, held_out: t
         reference = logits(float_model.eval(), held_out)
 
     def judge(graph) -> dict:
-        f = compare_logits(reference, logits(graph, held_out), labels)
+        f = compare(reference, logits(graph, held_out), labels)
         keep = ("top1_agreement", "snr_db", "top1_drop", "min_cosine")
         return {"verdict": "pass" if meets(f, rules) else "fail", **{k: f[k] for k in keep if k in f}}
 

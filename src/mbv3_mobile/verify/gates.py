@@ -87,7 +87,7 @@ def judge(figures: dict, rule: GateRule) -> dict:
     if exact:
         verdict = PASS if holds else FAIL
         return {"rule": rule.describe(), "value": value, "verdict": verdict,
-                "message": f"{rule.figure} = {_fmt(rule.figure, value)} (must be {rule.op} {_fmt(rule.figure, rule.limit)})"}
+                "message": f"{rule.figure} = {format_value(rule.figure, value)} (must be {rule.op} {format_value(rule.figure, rule.limit)})"}
     lo, hi = figures["bounds"][rule.figure]
     safe, other = (hi, lo) if upper_ok else (lo, hi)
     if (safe <= rule.limit) if upper_ok else (safe >= rule.limit):
@@ -97,8 +97,8 @@ def judge(figures: dict, rule: GateRule) -> dict:
     else:
         verdict = INCONCLUSIVE
     n = figures["images"]
-    text = (f"{rule.figure} = {_fmt(rule.figure, value)}, {int(CONFIDENCE * 100)} % bounds "
-            f"[{_fmt(rule.figure, lo)}, {_fmt(rule.figure, hi)}] on {n} pictures (must be {rule.op} {_fmt(rule.figure, rule.limit)})")
+    text = (f"{rule.figure} = {format_value(rule.figure, value)}, {int(CONFIDENCE * 100)} % bounds "
+            f"[{format_value(rule.figure, lo)}, {format_value(rule.figure, hi)}] on {n} pictures (must be {rule.op} {format_value(rule.figure, rule.limit)})")
     if verdict == INCONCLUSIVE:
         need = pictures_needed(figures, rule)
         text += (f": cannot tell with {n} pictures; about {need} pictures with the same rates would resolve it"
@@ -147,10 +147,22 @@ def gate_verdict(judged: list[dict]) -> str:
     return FAIL if FAIL in verdicts else INCONCLUSIVE if INCONCLUSIVE in verdicts else PASS
 
 
+INCONCLUSIVE_POLICIES = ("fail", "warn")
+
+
+def blocking(judged: list[dict], inconclusive: str) -> list[dict]:
+    """The judged rules that stop publishing: every failure, and an inconclusive one when the
+    policy (the pipelines' `inconclusive` option) is "fail"; with "warn" it is reported only."""
+    if inconclusive not in INCONCLUSIVE_POLICIES:
+        raise ValueError(f"inconclusive policy {inconclusive!r}: use {' or '.join(INCONCLUSIVE_POLICIES)}")
+    return [j for j in judged if j["verdict"] == FAIL or (j["verdict"] == INCONCLUSIVE and inconclusive == "fail")]
+
+
 # ---------------------------------------------------------------- rendering
 
 
-def _fmt(figure: str, value) -> str:
+def format_value(figure: str, value) -> str:
+    """A figure's value as the reports write it: rates in %, drops in pt, SNR in dB."""
     if value is None:
         return "–"
     if figure in ("top1_agreement", "top1", "reference_top1"):
@@ -166,30 +178,12 @@ def _fmt(figure: str, value) -> str:
     return str(value)
 
 
-def figures_text(figures: dict) -> str:
-    keys = ("images", "top1", "reference_top1", "top1_drop", "top1_agreement", "snr_db", "max_abs_dlogit",
-            "mean_abs_dlogit", "min_cosine")
-    return "\n".join(f"  {k:<16} {_fmt(k, figures[k])}" for k in keys if k in figures)
-
-
 def with_bounds(figures: dict, figure: str) -> str:
     """'93.10 % [92.8, 93.4]'-style text: the figure and its one-sided bounds, where it has them."""
     if figure not in figures:
         return "–"
-    text = _fmt(figure, figures[figure])
+    text = format_value(figure, figures[figure])
     if figure in figures.get("bounds", {}):
         lo, hi = figures["bounds"][figure]
-        return f"{text} [{_fmt(figure, lo)}, {_fmt(figure, hi)}]"
+        return f"{text} [{format_value(figure, lo)}, {format_value(figure, hi)}]"
     return text
-
-
-def figures_table(rows: dict[str, dict]) -> str:
-    """Markdown: one row per variant, the shared figures with their bounds (95 % one-sided each)."""
-    head = ("| variant | pictures | top-1 | drop [bounds] | top-1 agreement [bounds] | SNR | max abs dlogit | min cosine |\n"
-            "|---|---|---|---|---|---|---|---|")
-    lines = [head]
-    for name, f in rows.items():
-        lines.append(f"| {name} | {f['images']} | {_fmt('top1', f.get('top1'))} | {with_bounds(f, 'top1_drop')} | "
-                     f"{with_bounds(f, 'top1_agreement')} | {_fmt('snr_db', f['snr_db'])} | "
-                     f"{f['max_abs_dlogit']:.2e} | {f['min_cosine']:.6f} |")
-    return "\n".join(lines)

@@ -13,7 +13,6 @@ SPEC = register_format(FormatSpec(
     verify_runtime="MIL reference interpreter (numpy) on the host; Core ML itself not run",
     parity_entries="mbv3_mobile.export.coreml.runners:parity_entries",
     bench_runtimes=None,
-    deployment_notes="mbv3_mobile.export.coreml.notes:deployment_notes",
     harness_target="ios",
     app_platform="iOS",
     extensions=(".mlpackage", ".mlpackage.zip", ".pte (Core ML delegate)"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-def deployment_notes(manifest: dict, export: dict) -> list[str]:
+def deployment_notes(manifest: dict) -> list[str]:
     versions = manifest.get("versions") or {}
     notes = [f"Core ML ML program, minimum deployment target {manifest.get('deployment_target', '?')}; "
              f"converted with coremltools {versions.get('coremltools', '?')}"]

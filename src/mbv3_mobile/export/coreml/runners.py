@@ -14,9 +14,9 @@ FORMAT = "coreml"
 
 
 def parity_entries(results: dict) -> list[Candidate]:
-    from mbv3_mobile.pipeline.stages import load_resolved
+    from mbv3_mobile.pipeline.contracts import ResolvedModel
 
-    _, pre, _ = load_resolved(results["resolve"])
+    pre = ResolvedModel.of(results["resolve"]).preprocessing
     entries = []
     for _, r in sorted(results.items()):
         if getattr(r, "name", None) != "convert":

@@ -14,7 +14,7 @@ from mbv3_mobile.export.coreml.delegate import build_executorch_coreml
 from mbv3_mobile.export.coreml.runtime import coreml_predict, interpreter_outputs, run_package
 from mbv3_mobile.pipeline.runner import StageContext
 from mbv3_mobile.pipeline.spec import PipelineError
-from mbv3_mobile.pipeline.stages import load_resolved, stage_pictures, verify_against_eager
+from mbv3_mobile.pipeline.stages import stage_pictures, task_of, verify_against_eager
 
 
 def parse_variant(variant: str) -> tuple[str, str | None]:
@@ -26,7 +26,11 @@ def parse_variant(variant: str) -> tuple[str, str | None]:
 
 
 def check_params(spec, params: dict) -> None:
-    """Preflight: every variant parses and the deployment target supports it."""
+    """Preflight: the task is one Core ML packages here, every variant parses and the deployment
+    target supports it."""
+    from mbv3_mobile.export.coreml import SPEC
+
+    SPEC.require_task(task_of(params).name)
     for variant in params.get("variants", []):
         _, compression = parse_variant(variant)
         cm.check_target(params["deployment_target"], compression)
@@ -38,7 +42,7 @@ def gate_table(variant: str) -> str:
 
 
 def convert(ctx: StageContext) -> dict:
-    model, pre, labels = load_resolved(ctx.inputs["resolve"])
+    model, pre, labels = ctx.resolved.load()
     precision, compression = parse_variant(ctx.variant)
     meta = cm.AppMetadata(author=ctx.params["author"], license=ctx.params["license"])
     target = ctx.params["deployment_target"]
@@ -53,7 +57,7 @@ def verify(ctx: StageContext) -> dict:
     """Through the MIL interpreter on real test pictures: fp32 parity with eager; fp16 and
     compressed variants on the whole test set (or `accuracy_images`). On macOS, the real
     MLModel.predict is compared with the interpreter too."""
-    package = ctx.inputs["convert"].out("package")
+    package = ctx.upstream("convert").out("package")
     exact = ctx.variant == "fp32"
     result = verify_against_eager(
         ctx, f"Core ML {ctx.variant} (MIL reference interpreter)", lambda x, pre: run_package(package, x, pre),
@@ -75,7 +79,7 @@ def executorch_coreml(ctx: StageContext) -> dict:
     CoreMLBackend (iOS/macOS builds), not in the pip runtime here."""
     if not ctx.params["executorch_pte"]:
         return {"skipped": "executorch_pte = false"}
-    model, pre, _ = load_resolved(ctx.inputs["resolve"])
+    model, pre, _ = ctx.resolved.load()
     info = build_executorch_coreml(model, ctx.out_dir / "model_coreml.pte", resolution=pre.resolution,
                                    deployment_target=ctx.params["deployment_target"])
     ctx.log(f"Core ML delegate .pte: {info.get('delegated_nodes')} nodes delegated")

@@ -13,7 +13,6 @@ SPEC = register_format(FormatSpec(
     verify_runtime="ExecuTorch Python runtime with the XNNPACK delegate, host CPU",
     parity_entries="mbv3_mobile.export.executorch.runners:parity_entries",
     bench_runtimes="mbv3_mobile.export.executorch.runners:bench_runtimes",
-    deployment_notes="mbv3_mobile.export.executorch.notes:deployment_notes",
     harness_target="adb",
     app_platform="Android",
     extensions=(".pte", ".bpte"),

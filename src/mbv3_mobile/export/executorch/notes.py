@@ -5,7 +5,7 @@ from __future__ import annotations
 from mbv3_mobile.pipeline.publish import threads_note
 
 
-def deployment_notes(manifest: dict, export: dict) -> list[str]:
+def deployment_notes(manifest: dict) -> list[str]:
     versions = manifest.get("versions") or {}
     notes = [f"ExecuTorch {versions.get('executorch', '?')} wrote these .pte files: link the app against the "
              "same ExecuTorch release (the program format and operator set follow the runtime version)"]

@@ -34,18 +34,20 @@ def parity_entries(results: dict) -> list[Candidate]:
 
 def bench_runtimes(results: dict) -> list[dict]:
     """The .pte files as bench rows: Python runtime (in process) and native runner (via the .bpte,
-    whose first bundled picture every runtime gets). QAT is left out: the same int8 program shape
-    as PTQ, so timing it again says nothing new."""
+    whose first bundled picture every runtime gets: `pictures`). QAT is left out: the same int8
+    program shape as PTQ, so timing it again says nothing new."""
     rows = []
     for r in _sorted(results, "lower"):
         if r.variant == "qat":
             continue
         precision = "fp32" if r.variant == "fp32" else "int8"
+        bundle = results[f"bundle[{r.variant}]"]
+        details = {"variant": r.variant, "delegation": r.meta.get("delegation")}
         rows.append({"key": f"pte_{precision}", "label": f".pte XNNPACK {precision} (Python runtime)",
-                     "precision": precision, "file": r.out("pte"),
-                     "opener": "mbv3_mobile.export.executorch.bench_open:open_pte"})
+                     "precision": precision, "file": r.out("pte"), "pictures": bundle.out("inputs"),
+                     "opener": "mbv3_mobile.export.executorch.bench_open:open_pte", "details": details})
         rows.append({"key": f"pte_{precision}_native", "label": f".pte XNNPACK {precision} (native runner)",
-                     "precision": precision, "file": results[f"bundle[{r.variant}]"].out("bpte"), "native": True})
+                     "precision": precision, "file": bundle.out("bpte"), "native": True, "pictures": bundle.out("inputs")})
     return rows
 
 

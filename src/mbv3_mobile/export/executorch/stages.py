@@ -17,14 +17,18 @@ from mbv3_mobile.export.executorch.runtime import run_pte
 from mbv3_mobile.graph import export_program
 from mbv3_mobile.pipeline.runner import StageContext
 from mbv3_mobile.pipeline.spec import PipelineError
-from mbv3_mobile.pipeline.stages import gate_table, load_resolved, stage_pictures, verify_against_eager
+from mbv3_mobile.pipeline.stages import gate_table, stage_pictures, task_of, verify_against_eager
 from mbv3_mobile.quantize import pt2e as q
+from mbv3_mobile.tasks import get_task
 
 QUANT_CHOICES = ("fp32", "ptq", "qat")
 
 
 def check_params(spec, params: dict) -> None:
-    """Preflight: the variants asked for exist (before any stage runs)."""
+    """Preflight: the task and the variants asked for exist (before any stage runs)."""
+    from mbv3_mobile.export.executorch import SPEC
+
+    SPEC.require_task(task_of(params).name)
     bad = [v for v in params.get("quant", []) if v not in QUANT_CHOICES]
     if bad:
         raise PipelineError(f"--quant {','.join(bad)}: not one of {', '.join(QUANT_CHOICES)}")
@@ -54,7 +58,7 @@ def quantize(ctx: StageContext) -> dict:
     """fp32: the eager model; ptq/qat: the converted PT2E int8 graph. Saved as an ExportedProgram."""
     if ctx.variant not in QUANT_CHOICES:
         raise PipelineError(f"--quant {ctx.variant!r} is not one of {', '.join(QUANT_CHOICES)}")
-    model, pre, labels = load_resolved(ctx.inputs["resolve"])
+    model, pre, _ = ctx.resolved.load()
     info: dict = {"quantization": ctx.variant}
     if ctx.variant != "fp32":
         calib_pics = stage_pictures(ctx, "calib", limit=ctx.params["calib_images"], seed=ctx.params["seed"])
@@ -92,12 +96,13 @@ def _int8_fallback(ctx: StageContext, model, prepared):
     mode = ctx.params["int8_fallback"]
     if mode == "off":
         return mixed.fallback(prepared, model, None, None, (), "off")
-    _, pre, _ = load_resolved(ctx.inputs["resolve"])
+    pre = ctx.resolved.preprocessing
     held = stage_pictures(ctx, "calib", limit=ctx.params["fallback_images"], seed=ctx.params["seed"] + 1)
     rules = ctx.gates.get(gate_table(ctx, "ptq", held.labelled), ())
+    compare = get_task(ctx.resolved.task).module("figures").compare
     try:
         graph, info = mixed.fallback(prepared, model, held.normalized(pre), held.labels, rules, mode,
-                                     max_layers=ctx.params["int8_fallback_max"], log=ctx.log)
+                                     max_layers=ctx.params["int8_fallback_max"], log=ctx.log, compare=compare)
     except ValueError as exc:
         raise PipelineError(str(exc)) from None
     return graph, {**info, "held_out": held.describe()}
@@ -106,12 +111,13 @@ def _int8_fallback(ctx: StageContext, model, prepared):
 def quantize_fingerprint(ctx: StageContext):
     """The automatic fallback judges with the PTQ gate tables: a changed gate re-decides the layers."""
     if ctx.variant == "ptq" and ctx.params.get("int8_fallback") == "auto":
-        return {t: [r.describe() for r in ctx.gates.get(t, ())] for t in ("ptq", "ptq_unlabelled")}
+        return {t: [r.describe() for r in rules] for t, rules in sorted(ctx.gates.items())
+                if t.rpartition(".")[2] in ("ptq", "ptq_unlabelled")}
     return None
 
 
 def lower(ctx: StageContext) -> dict:
-    program = load_program(ctx.inputs["quantize"].out("program"))
+    program = load_program(ctx.upstream("quantize").out("program"))
     lowered = lower_program(program, require_full_delegation=True)
     write_pte(lowered, ctx.out("pte"))
     ctx.log(f"lowered in {lowered.lowering_seconds:.1f} s; {lowered.delegation.summary()}")
@@ -122,14 +128,15 @@ def lower(ctx: StageContext) -> dict:
 def verify(ctx: StageContext) -> dict:
     """fp32: parity with eager on `parity_images` real test pictures; int8: figures on the whole
     test set vs eager fp32. Judged by the runner against [gates.<variant>]."""
-    pte = ctx.inputs["lower"].out("pte")
+    pte = ctx.upstream("lower").out("pte")
     fp32 = ctx.variant == "fp32"
     hint = {"ptq": "to recover int8 fidelity: --int8-fallback auto (the fewest most sensitive layers in fp32, chosen "
                    "on held-out pictures), more --calib-images, or --quant qat; `mbv3 parity --sensitivity` shows "
                    "where error enters"}.get(ctx.variant)
-    return {**({"hint": hint} if hint else {}), **verify_against_eager(
-        ctx, f".pte {ctx.variant} (ExecuTorch runtime)", lambda x, _pre: run_pte(pte, x, progress=ctx.progress),
-        limit=ctx.params["parity_images"] if fp32 else None, gate=ctx.variant, artifact=pte)}
+    return verify_against_eager(ctx, f".pte {ctx.variant} (ExecuTorch runtime)",
+                                lambda x, _pre: run_pte(pte, x, progress=ctx.progress),
+                                limit=ctx.params["parity_images"] if fp32 else None, gate=ctx.variant, artifact=pte,
+                                hint=hint)
 
 
 def bundle(ctx: StageContext) -> dict:
@@ -139,9 +146,9 @@ def bundle(ctx: StageContext) -> dict:
     fp32: expected outputs are eager PyTorch's logits, so the check is a verification. int8: there is
     no independent reference with the same rounding, so the expected outputs are this runtime's own
     and the check is self-consistency (golden values a device must reproduce), labelled as such."""
-    model, pre, _ = load_resolved(ctx.inputs["resolve"])
+    model, pre, _ = ctx.resolved.load()
     x = stage_pictures(ctx, "eval", limit=ctx.params["bundle_images"]).normalized(pre)
-    pte = ctx.inputs["lower"].out("pte")
+    pte = ctx.upstream("lower").out("pte")
     fp32 = ctx.variant == "fp32"
     with torch.no_grad():
         expected = model(x) if fp32 else run_pte(pte, x)
@@ -153,5 +160,5 @@ def bundle(ctx: StageContext) -> dict:
     check = bpte.verify_bundled_program(ctx.out("bpte"), **tol)
     check["kind"] = ("verification: expected outputs are eager PyTorch fp32 logits" if fp32 else
                      "self-consistency: expected outputs are this runtime's own int8 outputs (golden values)")
-    check["wraps_pte_sha256"] = ctx.inputs["lower"].meta["files"]["model.pte"]
+    check["wraps_pte_sha256"] = ctx.upstream("lower").meta["files"]["model.pte"]
     return {"bundle": check}

@@ -15,7 +15,7 @@ from mbv3_mobile.pipeline.stages import time_threads
 def threads(ctx: StageContext) -> dict:
     with quiet_native_start():  # the runtime logs every pool resize
         try:
-            return time_threads(ctx, open_pte, ctx.inputs["lower"].out("pte"),
+            return time_threads(ctx, open_pte, ctx.upstream("lower").out("pte"),
                                 "the ExecuTorch runtime (XNNPACK on its threadpool)")
         finally:  # leave the pool at its default size (every core) for the stages after this one
             from executorch.extension.pybindings import portable_lib

@@ -12,7 +12,6 @@ SPEC = register_format(FormatSpec(
     verify_runtime="onnxruntime (CPU execution provider), host",
     parity_entries="mbv3_mobile.export.onnx.runners:parity_entries",
     bench_runtimes="mbv3_mobile.export.onnx.runners:bench_runtimes",
-    deployment_notes="mbv3_mobile.export.onnx.notes:deployment_notes",
     harness_target=None,
     app_platform="any (ONNX Runtime)",
     extensions=(".onnx", ".ort"),

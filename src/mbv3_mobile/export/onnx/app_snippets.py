@@ -52,7 +52,9 @@ func preprocess(_ picture: CGImage) -> [Float] {{
 ```"""
 
 
-def kotlin(pre: Preprocessing, *, input_name: str, model: str, int8_model: str | None, threads: int) -> str:
+def kotlin(pre: Preprocessing, *, input_name: str, model: str, int8_model: str | None, threads: int, result: str) -> str:
+    """Android: session options, the picture -> tensor -> output, and `result` (the task's
+    expression of the output `logits`)."""
     r = pre.resolution
     int8 = (f"\n// {int8_model}: the int8 model for the CPU / XNNPACK EP (see the EP coverage below)"
             if int8_model else "")
@@ -79,14 +81,16 @@ fun classify(picture: Bitmap): String {{
     OnnxTensor.createTensor(env, FloatBuffer.wrap(preprocess(picture)), longArrayOf(1, 3, {r}, {r})).use {{ x ->
         session.run(mapOf("{input_name}" to x)).use {{ result ->
             val logits = (result[0].value as Array<FloatArray>)[0]
-            return labels[logits.indices.maxBy {{ logits[it] }}]
+            return {result}
         }}
     }}
 }}
 ```"""
 
 
-def swift(pre: Preprocessing, *, input_name: str, output_name: str, model: str, threads: int) -> str:
+def swift(pre: Preprocessing, *, input_name: str, output_name: str, model: str, threads: int, result: str) -> str:
+    """iOS: ORT with the Core ML EP, the picture -> tensor -> output, and `result` (the task's
+    expression of the output `logits`)."""
     r = pre.resolution
     stem, _, ext = model.rpartition(".")
     return f"""{swift_tensor(pre)}
@@ -110,6 +114,6 @@ func classify(_ picture: CGImage) throws -> Int {{
                          elementType: .float, shape: [1, 3, {r}, {r}])
     let out = try session.run(withInputs: ["{input_name}": x], outputNames: ["{output_name}"], runOptions: nil)
     let logits = (try out["{output_name}"]!.tensorData() as Data).withUnsafeBytes {{ Array($0.bindMemory(to: Float.self)) }}
-    return logits.indices.max {{ logits[$0] < logits[$1] }}!  // index into labels.txt
+    return {result}  // index into labels.txt
 }}
 ```"""

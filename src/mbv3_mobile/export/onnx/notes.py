@@ -45,10 +45,10 @@ def coverage_table(coverage: dict) -> str:
     return "\n".join(lines)
 
 
-def deployment_notes(manifest: dict, export: dict) -> list[str]:
+def deployment_notes(manifest: dict) -> list[str]:
     versions = manifest.get("versions") or {}
     notes = [f"ONNX opset {manifest.get('opset', '?')}; verified with onnxruntime {versions.get('onnxruntime', '?')}"]
-    dyn = manifest.get("dynamic_batch", export.get("params", {}).get("dynamic_batch"))
+    dyn = manifest.get("dynamic_batch")
     if dyn is not None:
         notes.append("batch dimension is dynamic (any N): the server option; NNAPI and the Core ML EP want fixed shapes"
                      if dyn else "batch is fixed at 1 (every shape static, as NNAPI and the Core ML EP want)")

@@ -7,19 +7,26 @@ from __future__ import annotations
 from pathlib import Path
 from string import Template
 
-from mbv3_mobile.data.preprocess import Preprocessing
+from mbv3_mobile.card import write_card_at_publish
 from mbv3_mobile.export import snippets
-from mbv3_mobile.export.onnx import app_snippets, mobile
+from mbv3_mobile.export.onnx import SPEC, app_snippets, mobile
 from mbv3_mobile.export.onnx import convert as ox
-from mbv3_mobile.export.onnx.notes import coverage_table, targets
-from mbv3_mobile.pipeline.publish import input_spec, publication, publish, ship, threads_table, write_manifest
+from mbv3_mobile.export.onnx.notes import coverage_table, deployment_notes, targets
+from mbv3_mobile.pipeline.contracts import ThreadsPick, VerifyFigures
+from mbv3_mobile.pipeline.publish import (
+    figures_table,
+    input_spec,
+    publication,
+    publish,
+    ship,
+    threads_table,
+    write_manifest,
+)
 from mbv3_mobile.pipeline.runner import StageContext
-from mbv3_mobile.report.card import write_card_at_publish
-from mbv3_mobile.verify.gates import figures_table
+from mbv3_mobile.tasks import get_task
 
 FILES = {"fp32": "model.onnx", "int8": "model_int8.onnx"}
 ORT_FILES = {"fp32": "model.ort", "int8": "model_int8.ort"}
-MANIFEST_ID = "onnx"
 
 
 def artifact_name(params: dict, variant: str) -> str:
@@ -29,36 +36,36 @@ def artifact_name(params: dict, variant: str) -> str:
 def package(ctx: StageContext) -> dict:
     pub = publication(ctx, "variants", "onnx {v} (onnxruntime)")
     resolved, variants = pub.resolved, pub.variants
-    dynamic = ctx.inputs["export"].meta["dynamic_batch"]
-    coverage = {v: _coverage_entry(ctx.inputs[f"coverage[{v}]"].meta) for v in variants}
+    dynamic = ctx.upstream("export").meta["dynamic_batch"]
+    coverage = {v: _coverage_entry(ctx.upstream("coverage", v).meta) for v in variants}
     ort = {v: _ort_entry(ctx, v) for v in variants}
-    threads = {v: ctx.inputs[f"threads[{v}]"].meta["threads"] for v in variants}
+    threads = {v: ThreadsPick.of(ctx.upstream("threads", v)) for v in variants}
     # the printed and README figures: every file the folder ships, .onnx and .ort
-    pub.table = figures_table({**{f"onnx {v} (onnxruntime)": pub.figures[v] for v in variants},
-                               **{f"ort {v} (.ort, onnxruntime)": ort[v]["figures"] for v in variants}})
+    pub.table = figures_table(resolved, {**{f"onnx {v} (onnxruntime)": pub.figures[v] for v in variants},
+                                         **{f"ort {v} (.ort, onnxruntime)": ort[v]["figures"] for v in variants}})
 
     def build(folder: Path) -> None:
         for v in variants:
-            ship(ctx.inputs[f"verify[{v}]"], ctx.inputs[f"quantize[{v}]"].out("model"), folder / FILES[v])
-            ship(ctx.inputs[f"verify_ort[{v}]"], ctx.inputs[f"ort_format[{v}]"].out("model"), folder / ORT_FILES[v])
-        configs = [ctx.inputs[f"ort_format[{v}]"].out("config") for v in variants]
+            ship(ctx.upstream("verify", v), ctx.upstream("quantize", v).out("model"), folder / FILES[v])
+            ship(ctx.upstream("verify_ort", v), ctx.upstream("ort_format", v).out("model"), folder / ORT_FILES[v])
+        configs = [ctx.upstream("ort_format", v).out("config") for v in variants]
         (folder / mobile.ORT_CONFIG).write_text(mobile.merged_config(configs))
-        (folder / "README.md").write_text(_readme(pub.name, resolved, variants, pub.table, pub.pictures_text, dynamic,
-                                                  coverage, all(o["graph_as_checked"] for o in ort.values()), threads))
+        (folder / "README.md").write_text(_readme(pub, dynamic, coverage, all(o["graph_as_checked"] for o in ort.values()),
+                                                  threads))
         spec = input_spec(resolved)
         batch = "N" if dynamic else 1
-        write_manifest(folder, fmt=MANIFEST_ID, resolved=resolved, figures=pub.figures, extra={
+        write_manifest(folder, fmt=SPEC.describe(), resolved=resolved, figures=pub.figures, gates=ctx.gates,
+                       notes=deployment_notes, extra={
             "input": {**spec, "shape": [batch, *spec["shape"][1:]]},
-            "output": {"name": ox.OUTPUT_NAME, "shape": [batch, resolved["config"]["num_classes"]]},
+            "output": get_task(resolved.task).module("outputs").output_spec(resolved, batch=batch, name=ox.OUTPUT_NAME),
             "variants": {v: {"file": FILES[v], "ort_file": ORT_FILES[v],
-                             "quantization": ctx.inputs[f"quantize[{v}]"].meta["quantization"],
-                             "gate": pub.verdicts[v], "targets": targets(v, coverage[v]), "threads": threads[v]}
+                             "quantization": ctx.upstream("quantize", v).meta["quantization"],
+                             "gate": pub.verdicts[v], "targets": targets(v, coverage[v]), "threads": threads[v].to_manifest()}
                          for v in variants},
             "pictures": pub.pictures, "opset": ox.OPSET, "dynamic_batch": dynamic,
-            "ep_friendly": _ep_graph(ctx.inputs["ep_graph"].meta),
-            "simplify": ctx.inputs["simplify"].meta.get("op_types"),
-            "ep_coverage": coverage, "ort": {"config": mobile.ORT_CONFIG, "variants": ort},
-            "gates": {t: [r.describe() for r in rules] for t, rules in ctx.gates.items()}})
+            "ep_friendly": _ep_graph(ctx.upstream("ep_graph").meta),
+            "simplify": ctx.upstream("simplify").meta.get("op_types"),
+            "ep_coverage": coverage, "ort": {"config": mobile.ORT_CONFIG, "variants": ort}})
 
     return publish(ctx, pub, build, after=write_card_at_publish)
 
@@ -74,34 +81,37 @@ def _coverage_entry(meta: dict) -> dict:
 
 
 def _ort_entry(ctx: StageContext, v: str) -> dict:
-    conv, verify = ctx.inputs[f"ort_format[{v}]"].meta, ctx.inputs[f"verify_ort[{v}]"].meta
-    checked = ctx.inputs[f"coverage[{v}]"].meta["coverage"]["checked_op_counts"]
+    conv, verify = ctx.upstream("ort_format", v).meta, VerifyFigures.of(ctx.upstream("verify_ort", v))
+    checked = ctx.upstream("coverage", v).meta["coverage"]["checked_op_counts"]
     return {"file": ORT_FILES[v], "style": conv["style"], "target_platform": conv["target_platform"],
             "operators": conv["operators"], "op_counts": conv["op_counts"],
             # the EP coverage above applies to the .ort when its graph is the one the checker saw
             "graph_as_checked": conv["op_counts"] == checked,
-            "figures": verify["figures"], "gate": verify.get("judged", []), "pictures": verify.get("pictures")}
+            "figures": verify.figures, "gate": verify.judged, "pictures": verify.pictures}
 
 
 def _ep_graph(meta: dict) -> dict:
     return {k: meta[k] for k in ("ep_friendly", "rewritten") if k in meta}
 
 
-def _readme(name: str, resolved: dict, variants: list[str], table: str, pictures: str, dynamic: bool,
-            coverage: dict, ort_as_checked: bool, threads: dict) -> str:
-    pre = Preprocessing.from_dict(resolved["preprocessing"])
+def _readme(pub, dynamic: bool, coverage: dict, ort_as_checked: bool, threads: dict[str, ThreadsPick]) -> str:
+    resolved, variants = pub.resolved, pub.variants
+    pre = resolved.preprocessing
+    task_snippets = get_task(resolved.task).module("snippets")
     template = Template((Path(__file__).parent / "app_readme.md").read_text())
     files = [f for v in variants for f in (FILES[v], ORT_FILES[v])] + [mobile.ORT_CONFIG]
-    r = pre.resolution
+    first = threads[variants[0]].recommended
     return template.substitute(
-        name=name, opset=ox.OPSET, model_name=resolved["model_name"], files=", ".join(files),
-        input_name=ox.INPUT_NAME, output_name=ox.OUTPUT_NAME, resolution=r, preset=pre.preset,
+        name=pub.name, opset=ox.OPSET, model_name=resolved.model_name, files=", ".join(files),
+        input_name=ox.INPUT_NAME, output_name=ox.OUTPUT_NAME, resolution=pre.resolution, preset=pre.preset,
         batch="N (dynamic: the server option)" if dynamic else "1 (fixed, as NNAPI and the Core ML EP want)",
-        rule=pre.describe(), python=snippets.python(pre), pictures=pictures, table=table,
-        kotlin=app_snippets.kotlin(pre, input_name=ox.INPUT_NAME, model=ORT_FILES[variants[0]], threads=threads[variants[0]]["recommended"],
-                                   int8_model=ORT_FILES["int8"] if "int8" in variants else None),
+        rule=pre.describe(), output=task_snippets.output_text(resolved), python=snippets.python(pre),
+        python_result=task_snippets.python_result("logits"), pictures=pub.pictures_text, table=pub.table,
+        kotlin=app_snippets.kotlin(pre, input_name=ox.INPUT_NAME, model=ORT_FILES[variants[0]], threads=first,
+                                   int8_model=ORT_FILES["int8"] if "int8" in variants else None,
+                                   result=task_snippets.kotlin_result("logits")),
         swift=app_snippets.swift(pre, input_name=ox.INPUT_NAME, output_name=ox.OUTPUT_NAME, model=ORT_FILES[variants[0]],
-                                 threads=threads[variants[0]]["recommended"]),
+                                 threads=first, result=task_snippets.swift_result("logits")),
         threads_table=threads_table({ORT_FILES[v]: threads[v] for v in variants}),
         coverage=coverage_table(coverage),
         targets="\n".join(f"- `{ORT_FILES[v]}` / `{FILES[v]}`: {targets(v, coverage[v])}" for v in variants),

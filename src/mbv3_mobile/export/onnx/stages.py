@@ -9,7 +9,7 @@ from mbv3_mobile.export.onnx import convert as ox
 from mbv3_mobile.export.onnx import mobile
 from mbv3_mobile.export.onnx.runtime import ort_session, run_onnx
 from mbv3_mobile.pipeline.runner import StageContext
-from mbv3_mobile.pipeline.stages import load_resolved, stage_pictures, verify_against_eager
+from mbv3_mobile.pipeline.stages import stage_pictures, task_of, verify_against_eager
 
 VARIANTS = ("fp32", "int8")
 ORT_STYLES = ("runtime", "fixed")
@@ -17,9 +17,11 @@ COVERAGE_GATE = "coreml_ep"  # the gate table judging the fp32 model's EP covera
 
 
 def check_params(spec, params: dict) -> None:
-    """Preflight: the variants and choices asked for exist (before any stage runs)."""
+    """Preflight: the task, the variants and the choices asked for exist (before any stage runs)."""
+    from mbv3_mobile.export.onnx import SPEC
     from mbv3_mobile.pipeline.spec import PipelineError
 
+    SPEC.require_task(task_of(params).name)
     bad = [v for v in params.get("variants", []) if v not in VARIANTS]
     if bad:
         raise PipelineError(f"--variants {','.join(bad)}: not one of {', '.join(VARIANTS)}")
@@ -29,20 +31,20 @@ def check_params(spec, params: dict) -> None:
 
 
 def export(ctx: StageContext) -> dict:
-    model, pre, _ = load_resolved(ctx.inputs["resolve"])
+    model, pre, _ = ctx.resolved.load()
     ox.export_onnx(model, pre.resolution, ctx.out("raw"), dynamic_batch=ctx.params["dynamic_batch"])
     return {"opset": ox.OPSET, "dynamic_batch": ctx.params["dynamic_batch"]}
 
 
 def simplify(ctx: StageContext) -> dict:
-    info = ox.simplify_onnx(ctx.inputs["export"].out("raw"), ctx.out("model"))
+    info = ox.simplify_onnx(ctx.upstream("export").out("raw"), ctx.out("model"))
     ctx.log(f"onnxsim: {info['nodes_before']} -> {info['nodes_after']} nodes")
     return info
 
 
 def ep_graph(ctx: StageContext) -> dict:
     """The graph every variant starts from: the simplified one, or its EP-friendly rewrite."""
-    src = ctx.inputs["simplify"].out("model")
+    src = ctx.upstream("simplify").out("model")
     if not ctx.params["ep_friendly"]:
         shutil.copy2(src, ctx.out("model"))
         return {"ep_friendly": False}
@@ -53,11 +55,11 @@ def ep_graph(ctx: StageContext) -> dict:
 
 
 def quantize(ctx: StageContext) -> dict:
-    src = ctx.inputs["ep_graph"].out("model")
+    src = ctx.upstream("ep_graph").out("model")
     if ctx.variant == "fp32":
         shutil.copy2(src, ctx.out("model"))
         return {"quantization": "none"}
-    _, pre, _ = load_resolved(ctx.inputs["resolve"])
+    pre = ctx.resolved.preprocessing
     pics = stage_pictures(ctx, "calib", limit=ctx.params["calib_images"], seed=ctx.params.get("seed", 0))
     fmt, per_channel = ctx.params["int8_format"], ctx.params["int8_per_channel"]
     ctx.log(f"ORT static int8 ({fmt}, {'per-channel' if per_channel else 'per-tensor'} weights), calibrating on "
@@ -71,7 +73,7 @@ def coverage(ctx: StageContext) -> dict:
     """NNAPI / Core ML EP coverage of the model this variant publishes (ORT's usability checker).
     fp32 with a fixed batch is judged by [gates.coreml_ep]; a dynamic batch (the server option) and
     int8 (QDQ, which the Core ML EP does not take) are recorded only."""
-    cov = mobile.ep_coverage(ctx.inputs["quantize"].out("model"))
+    cov = mobile.ep_coverage(ctx.upstream("quantize").out("model"))
     for line in mobile.coverage_text(cov).splitlines():
         ctx.log(line)
     gate = COVERAGE_GATE if ctx.variant == "fp32" and not cov["dynamic_inputs"] else None
@@ -84,7 +86,7 @@ def coverage(ctx: StageContext) -> dict:
 
 def verify(ctx: StageContext) -> dict:
     """fp32: parity with eager on `parity_images` real test pictures; int8: figures on the full test set."""
-    path = ctx.inputs["quantize"].out("model")
+    path = ctx.upstream("quantize").out("model")
     fp32 = ctx.variant == "fp32"
     return verify_against_eager(ctx, f"ONNX {ctx.variant} (onnxruntime)", lambda x, _pre: run_onnx(path, x),
                                 limit=ctx.params["parity_images"] if fp32 else None, gate=ctx.variant, artifact=path)
@@ -92,7 +94,7 @@ def verify(ctx: StageContext) -> dict:
 
 def ort_format(ctx: StageContext) -> dict:
     """The published ONNX model in ORT format, with the operators a reduced build needs."""
-    info = mobile.to_ort(ctx.inputs["quantize"].out("model"), ctx.out("model"), ctx.out("config"),
+    info = mobile.to_ort(ctx.upstream("quantize").out("model"), ctx.out("model"), ctx.out("config"),
                          style=ctx.params["ort_style"])
     ctx.log(f"ORT format ({info['style']} optimisations, {info['target_platform']}): "
             f"{ctx.out('model').stat().st_size / 1e6:.2f} MB, operators: {'; '.join(info['operators'])}")
@@ -101,7 +103,7 @@ def ort_format(ctx: StageContext) -> dict:
 
 def verify_ort(ctx: StageContext) -> dict:
     """The .ort in ONNX Runtime, as an app loads it, against eager with the same gates as the .onnx."""
-    path = ctx.inputs["ort_format"].out("model")
+    path = ctx.upstream("ort_format").out("model")
     session = ort_session(path)
     fp32 = ctx.variant == "fp32"
     return verify_against_eager(ctx, f"ORT format {ctx.variant} (onnxruntime)", lambda x, _pre: run_onnx(session, x),

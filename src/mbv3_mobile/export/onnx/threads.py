@@ -11,7 +11,7 @@ from mbv3_mobile.pipeline.stages import time_threads
 
 
 def threads(ctx: StageContext) -> dict:
-    return time_threads(ctx, open_ort_session, ctx.inputs["ort_format"].out("model"),
+    return time_threads(ctx, open_ort_session, ctx.upstream("ort_format").out("model"),
                         "ONNX Runtime (CPU EP, .ort with saved fusions)")
 
 

@@ -1,0 +1,23 @@
+"""A classifier's output in app code: what it is, and the expression that turns it into a label
+(the formats' READMEs put these into their Kotlin, Swift and Python snippets)."""
+
+from __future__ import annotations
+
+
+def output_text(resolved) -> str:
+    return f"1x{resolved.num_classes} logits (`labels.txt` names them)"
+
+
+def kotlin_result(var: str = "logits") -> str:
+    """A `FloatArray` of logits -> the label (a `List<String>` named `labels`)."""
+    return f"labels[{var}.indices.maxByOrNull {{ {var}[it] }}!!]"
+
+
+def swift_result(var: str = "logits") -> str:
+    """A `[Float]` of logits -> the index into labels.txt."""
+    return f"{var}.indices.max {{ {var}[$0] < {var}[$1] }}!"
+
+
+def python_result(var: str = "logits") -> str:
+    """A numpy array of logits -> the label."""
+    return f'open("labels.txt").read().split("\\n")[int({var}.argmax())]'

@@ -1,0 +1,91 @@
+"""The task registry, beside the format registry (as torchvision keeps `models.segmentation` and
+`models.detection` beside its classifiers): each task folder under `tasks/` registers one
+`TaskSpec` in its `__init__.py`. A task says what a MobileNetV3 for it is and how its exports are
+checked: the model builders and checkpoint layouts it loads, what the network outputs, the
+reference outputs and the figures that compare a format's outputs with them, the gate tables that
+judge those figures, and the app code that turns the outputs into a result.
+
+Formats and the shared stages ask the task (`get_task(resolved.task)`); a task never imports a
+format. A new task is one folder (`tasks/<name>/`), one registration and its gate tables in the
+pipeline files (`[gates.<name>.<table>]`). Hooks are "module:function" strings, resolved on use.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from types import ModuleType
+
+from mbv3_mobile.core.errors import UserError
+
+
+class TaskError(UserError):
+    """An unknown task, or a task a format or checkpoint does not support."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task and the three modules that implement it, each with a fixed set of names:
+
+    outputs:  load_checkpoint(path, *, arch, width) -> model.checkpoint.Checkpoint;
+              output_spec(resolved) -> the manifest's "output"; reference(model, images) -> eager outputs
+    figures:  compare(reference, candidate, labels | None) -> figures; table({row: figures}) -> markdown;
+              text(figures) -> lines for a gate-failure message; parity_table(rows) / parity_plot(rows, path);
+              KEYS (figures every verify stage records), LABELLED_KEYS (only with labelled pictures)
+    snippets: output_text(resolved) -> one line for an app README; kotlin_result(var), swift_result(var),
+              python_result(var) -> the expression that turns output `var` into the app's result
+    """
+
+    name: str  # registry key, e.g. "classification"; gate tables live under [gates.<name>.<table>]
+    title: str
+    model_builders: tuple[str, ...]  # public builders of its networks, e.g. "mbv3_mobile:mobilenet_v3_large"
+    checkpoint_layouts: tuple[str, ...]  # the state_dict layouts it loads (ours, torchvision, timm, ...)
+    outputs: str
+    figures: str
+    snippets: str
+
+    def module(self, part: str) -> ModuleType:
+        """The task's `outputs`, `figures` or `snippets` module (imported on first use)."""
+        return importlib.import_module(getattr(self, part))
+
+    def gate_table(self, base: str, labelled: bool, tables) -> str:
+        """The table judging a variant's figures: `<task>.<base>` for labelled pictures, its
+        label-free form `<task>.<base>_unlabelled` otherwise (where the pipeline declares one)."""
+        name = f"{self.name}.{base}"
+        unlabelled = f"{name}_unlabelled"
+        return unlabelled if not labelled and unlabelled in tables else name
+
+
+_REGISTRY: dict[str, TaskSpec] = {}
+DEFAULT_TASK = "classification"
+
+
+def register_task(spec: TaskSpec) -> TaskSpec:
+    if spec.name in _REGISTRY and _REGISTRY[spec.name] != spec:
+        raise TaskError(f"task {spec.name!r} is registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _discover() -> None:
+    import mbv3_mobile.tasks as tasks_pkg
+
+    for info in pkgutil.iter_modules(tasks_pkg.__path__):
+        if info.ispkg:
+            importlib.import_module(f"mbv3_mobile.tasks.{info.name}")
+
+
+def list_tasks() -> list[TaskSpec]:
+    _discover()
+    return sorted(_REGISTRY.values(), key=lambda t: (t.name != DEFAULT_TASK, t.name))
+
+
+def get_task(name: str | None) -> TaskSpec:
+    """A task by name; empty means the default (classification)."""
+    _discover()
+    name = name or DEFAULT_TASK
+    if name not in _REGISTRY:
+        known = ", ".join(t.name for t in list_tasks())
+        raise TaskError(f"unknown task {name!r}: known tasks are {known}")
+    return _REGISTRY[name]
