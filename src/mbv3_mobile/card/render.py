@@ -32,10 +32,20 @@ def _verdict(judged) -> str:
 
 
 def markdown(card: dict) -> str:
-    m, io, t, ex = card["model"], card["io"], card["training"], card["export"]
+    """MODEL_CARD.md: one section per part of the card, in reading order."""
+    L: list[str] = []
+    for section in (_model, _training, _accuracy, _parity, _latency, _deployment_and_files):
+        L += section(card)
+    return "\n".join(L) + "\n"
+
+
+def _model(card: dict) -> list[str]:
+    """Title, model table, input and output."""
+    m, io = card["model"], card["io"]
     pre = io["preprocessing"]
     r = m["resolution"]
-    L = [f"# Model card: {card['name']} ({card['format']})", ""]
+    L: list[str] = []
+    L += [f"# Model card: {card['name']} ({card['format']})", ""]
     L += [f"{m['name']} (MobileNetV3-{str(m['arch']).capitalize()}, width {m['width']}"
           f"{', minimalistic' if m['minimal'] else ''}) classifying {m['num_classes']} classes at {r}x{r} px. "
           f"Card schema {card['schema']}, built {card['created']} from `manifest.json` "
@@ -53,6 +63,13 @@ def markdown(card: dict) -> str:
           + (" — **inside the program** for this format: feed the image as is" if (io["input"] or {}).get("preprocessing_in_program") else ""),
           f"- input: `{json.dumps(io['input'])}`", f"- output: `{json.dumps(io['output'])}`",
           f"- labels: {', '.join(io['labels']['names'][:10])}{' …' if io['labels']['count'] > 10 else ''}", ""]
+    return L
+
+
+def _training(card: dict) -> list[str]:
+    """What the checkpoint says about its training."""
+    t = card["training"]
+    L: list[str] = []
     L += ["## Training", ""]
     if t["status"] != "known":
         L += [f"Training data and recipe: **unknown** — {t['reason']}.", ""]
@@ -75,6 +92,13 @@ def markdown(card: dict) -> str:
         if t.get("limitations"):
             L.append(f"- limitations: {t['limitations']}")
         L += ["", f"Reproduce: `{t['reproduce']}`", ""]
+    return L
+
+
+def _accuracy(card: dict) -> list[str]:
+    """Each variant's figures against eager fp32 (the export's verify stages)."""
+    ex = card["export"]
+    L: list[str] = []
     L += ["## Accuracy per format", "",
           "Each variant against eager PyTorch fp32 on the same real pictures (the export's verify stage).", "",
           "| variant | file | size | pictures | top-1 % | eager fp32 top-1 % (same pictures) | drop [95 % bounds] | "
@@ -94,6 +118,12 @@ def markdown(card: dict) -> str:
               "higher than eager fp32 on these pictures. Bounds are one-sided 95 % bounds (Tango's score bounds for "
               "the paired drop, Wilson for agreement); counts are in model_card.json."]
     L += ["", f"Reproduce: `{ex['reproduce']}`", ""]
+    return L
+
+
+def _parity(card: dict) -> list[str]:
+    """The parity matrix of every format, when one was run."""
+    L: list[str] = []
     L += ["## Parity matrix (every format, same images)", ""]
     p = card["parity"]
     if not p:
@@ -114,6 +144,12 @@ def markdown(card: dict) -> str:
         if p["failures"]:
             L += ["", "Gate failures: " + "; ".join(p["failures"])]
         L += ["", f"Reproduce: `{p['reproduce']}`", ""]
+    return L
+
+
+def _latency(card: dict) -> list[str]:
+    """Host and device latency, or how to measure them."""
+    L: list[str] = []
     L += ["## Latency", ""]
     for section, title in (("host", "Host"), ("devices", "Devices (adb / iOS)")):
         sec = card["latency"][section]
@@ -156,6 +192,13 @@ def markdown(card: dict) -> str:
             L += ["", "On a shared host the ratios to eager PyTorch (timed interleaved in the same run) are the "
                   "stable figures; absolute milliseconds move with the machine's load."]
         L += [""] + [f"Reproduce: `{c}`" for c in dict.fromkeys(row["reproduce"] for row in sec["rows"])] + [""]
+    return L
+
+
+def _deployment_and_files(card: dict) -> list[str]:
+    """What an app must match, the files, versions and reproduce commands."""
+    ex = card["export"]
+    L: list[str] = []
     L += ["## Deploying", "", f"- accuracy evaluated in: {card['deployment']['runtime']}"]
     L += [f"- {n}" for n in card["deployment"]["notes"]]
     L += ["- `README.md` in this folder: loading code and the exact input recipe", ""]
@@ -175,4 +218,4 @@ def markdown(card: dict) -> str:
         L.append(f"- note: the export command is {ex.get('note', 'not exact')}")
     L += ["", "`nox -s X -- ARGS` runs `mbv3 ...` in the project's pinned environment (`mbv3 export onnx ARGS` etc. "
           "work the same in an installed checkout)."]
-    return "\n".join(L) + "\n"
+    return L

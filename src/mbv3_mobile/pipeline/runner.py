@@ -62,6 +62,21 @@ class StageResult:
         return f"{self.name}[{self.variant}]" if self.variant else self.name
 
 
+class PipelineResults(dict):
+    """What `run_pipeline` returns: {"stage" or "stage[variant]": StageResult} in run order (and
+    "_total"), with lookups by stage name for the code that reads a finished run."""
+
+    def stage(self, name: str, variant: str | None = None) -> StageResult:
+        label = f"{name}[{variant}]" if variant is not None else name
+        if label not in self:
+            raise PipelineError(f"the run has no {label!r} (stages: {', '.join(k for k in self if k != '_total')})")
+        return self[label]
+
+    def variants(self, name: str) -> dict[str, StageResult]:
+        """Every instance of a foreach stage, by variant, in run order."""
+        return {r.variant: r for r in self.values() if r.name == name and r.variant is not None}
+
+
 @dataclass
 class StageContext:
     """What a stage function gets: its parameters, its upstream results, and a folder to write."""
@@ -232,10 +247,10 @@ def stage_runs(spec: PipelineSpec, params: dict[str, Any], results: dict[str, St
 
 
 def run_pipeline(spec: PipelineSpec, overrides: dict[str, Any] | None = None, *, progress: bool = True,
-                 force: bool = False) -> dict[str, StageResult]:
+                 force: bool = False) -> PipelineResults:
     """Run (or reuse) every stage; returns results keyed 'stage' or 'stage[variant]'."""
     params = preflight(spec, overrides)
-    results: dict[str, StageResult] = {}
+    results = PipelineResults()
     t_start = time.perf_counter()
     for run in stage_runs(spec, params, results, progress=progress):
         result = _run_stage(run, params, force=force)

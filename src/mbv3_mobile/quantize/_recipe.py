@@ -1,28 +1,13 @@
 """The PTQ/QAT recipe on top of executorch's XNNPACKQuantizer: the stem edge stays float.
 
 MobileNetV3's stem (conv 3x3 -> BN -> hard-swish, 16 channels) feeds the first block's first
-convolution. The stem's channels have very different ranges (embedded default, per-channel max
-of the hard-swish output: 0.06 to 11.5), so one per-tensor int8 scale leaves the small channels
-1 to 8 levels, both on the stem conv's output and on the hard-swish output. XNNPACK has no
-per-channel activation quantization, and hard-swish is not positively homogeneous, so cross-layer
-equalisation cannot re-balance the channels through it. The recipe therefore runs the stem conv
-and the first block's first conv in fp32 (float input, weights and output up to that conv; its
-output is the first int8 tensor), inside the same XNNPACK delegate. In Large the stem's value also
-feeds the first block's residual add: the add reads it in float and its output is int8 again (going
-on in float through the add would put features.2's 112 x 112 expand conv in fp32 as well: +0.4 dB
-on the Large below, for 0-9 % more latency at 224 px in two runs). The two layers are ~3 % of the
-MACs of Large and ~10 % of Small (latency: `mbv3 bench --sweep --sweep-runtimes pte_int8,pte_int8_all`;
-figures in the README's "int8 recipe" paragraph).
-
-Measured on the embedded default (PT2E reference graph, 300 calibration pictures, three calibration
-seeds; logits vs eager fp32 on the 10k test set and on two sets of 1,000): SNR 23.9-25.3 -> 27.2-28.1
-dB, top-1 agreement 98.97-99.13 % -> 99.53-99.64 %, min cosine 0.938-0.981 -> 0.989-0.995; the .pte
-(ExecuTorch runtime, 10k): drop +0.11 -> +0.05 pt, agreement 99.07 -> 99.50 %, SNR 24.5 -> 27.7 dB.
-Parts of it gain less (calibration seed 0, SNR on the two sets; all int8: 24.9 / 24.4 dB): the stem
-conv alone in fp32 25.6 / 25.2, the first block's conv alone 26.3 / 26.2, both but the stem conv's
-output quantized 26.3 / 26.2; the model input by min-max instead of the histogram loses (23.3 / 22.7).
-A MobileNetV3-Large 1.0 trained here (2 epochs at 64 px, 88.7 % val): SNR on 10k 29.4 -> 30.3 dB,
-agreement 99.17 -> 99.32 %, min cosine 0.990 / 0.991 -> 0.996 / 0.994.
+convolution, and the stem's channels have ranges too unequal for one per-tensor int8 scale
+(XNNPACK has no per-channel activation quantization, and hard-swish is not positively homogeneous,
+so cross-layer equalisation cannot re-balance them). The recipe therefore runs the stem conv and
+the first block's first conv in fp32 (float input, weights and output up to that conv; its output
+is the first int8 tensor), inside the same XNNPACK delegate. In Large the stem's value also feeds
+the first residual add: the add reads it in float and its output is int8 again. The study, with
+the alternatives measured and the reproduce commands: docs/int8-recipe.md.
 """
 
 from __future__ import annotations

@@ -1,56 +1,19 @@
 """int8 quantization for ExecuTorch/XNNPACK: PT2E post-training quantization (PTQ) and
 quantization-aware training (QAT), both calibrated/trained on real images only.
 
-Both paths use executorch's `XNNPACKQuantizer` with per-channel symmetric int8 weights and
-per-tensor affine int8 activations, except that the stem and the first block's first conv stay
-fp32 (`_recipe`: the stem's channels are too unequal for one per-tensor scale; `float_stem=False`
-turns it off), and return a converted PT2E `GraphModule` (q/dq reference graph, float input and
-output) that `export_executorch.export_program` + `lower` turn into an XNNPACK .pte.
+Both paths use executorch's `XNNPACKQuantizer` (per-channel symmetric int8 weights, per-tensor
+affine int8 activations) with this project's recipe (`_recipe`: the stem edge stays fp32;
+`float_stem=False` turns it off) and return a converted PT2E `GraphModule` (q/dq reference graph,
+float input and output) that `graph.export_program` + `export.executorch.lower` turn into a .pte.
 
     calib = calibration_images(ckpt.preprocessing, 512)             # real training images
     ptq = quantize_ptq(ckpt.model, calib)
     qat = quantize_qat(ckpt.model, load_fashion_mnist("train"), ckpt.preprocessing, calib)
     logits, labels = predict_logits(ptq, load_fashion_mnist("test"), ckpt.preprocessing)
 
-Why PT2E QAT collapses on MobileNetV3 (pytorch/pytorch#114859: 62 % vs 73.5 % PTQ on
-mobilenet_v3_large), what we found in our model, and what this module does
------------------------------------------------------------------------------------------
-1. BatchNorm eps. MobileNetV3 uses BN eps = 1e-3 (paper, torchvision, this project). torchao's
-   PT2E QAT rewrites every conv+BN into its "fused QAT" pattern (`torchao/quantization/pt2e/
-   qat_utils.py`: `bn_eps = 1e-5  # TODO: allow setting eps`), and the subgraph rewriter keeps
-   the pattern's literals, not the model's: the prepared graph normalises with eps 1e-5 (and BN
-   momentum 0.1 instead of 0.01), the weight scale factor is gamma / sqrt(running_var + 1e-5),
-   `move_exported_model_to_eval/train` re-trace BN with default literals again, and
-   `convert_pt2e` folds BN into the int8 conv weights with eps 1e-5. A trained MobileNetV3 has
-   many channels with running_var well below 1e-3 (CI model: 454 of 3072 BN channels < 1e-3,
-   297 < 1e-4), whose folded scale is then off by up to sqrt(1e-3 / 1e-5) = 10x. Measured on the
-   CI model: the QAT-prepared graph with fake-quant *and* observers off differs from eager fp32
-   by up to 2.7 in the logits (top-1 -0.8 pt on the first CI model), i.e. QAT starts from a
-   different network than the one PTQ quantizes; after one step top-1 agreement with fp32 is
-   96.8 % (vs 99.0 % with the fix). Train-mode BN with momentum 0.1 then re-estimates the
-   statistics on fine-tune batches, so the network partly re-adapts: on clean data the damage
-   ends within noise after 80-300 steps on our small model, but it compounds with any shift of
-   the fine-tune data (with the training augmentation: 83.8 % vs 84.9 % fixed at 80 steps).
-2. The fine-tune's input distribution. A short QAT run with flip/shift augmentation on a model
-   trained without it cost 1-2 pt (fixed: 85.8 -> 84.9 % at 80 steps, 83.6 % at 300; torchao's
-   flow: 83.8 / 83.0 %), without it nothing. So QAT defaults to no augmentation.
-
-Fixes (no torchao patching): before export, re-parameterise every BN to torchao's eps,
-`running_var += eps - 1e-5; eps = 1e-5` (`reparameterize_bn_eps`), which leaves eval-mode BN the
-same function (`var + eps` is the only place eps enters), and keep BN in eval mode for the whole
-QAT run (`move_exported_model_to_eval`: frozen running statistics, what QAT recipes switch to
-late in training; for a short fine-tune from a trained model, right from step 0). The fused QAT
-pattern then computes exactly the folded conv that convert produces and the .pte runs: the
-prepared graph matches eager to ~5e-6. Observers start PTQ-style on real calibration images
-(activation ranges from a HistogramObserver, weight ranges from the weights), activation ranges
-stay fixed, weight observers follow the weights for the first 60 % of the steps and are then
-frozen so the weights settle on fixed scales; a few hundred steps at lr 5e-5 on clean real
-training images. CI model, full 10k test set: fp32 85.78 %, PTQ 85.87 %, QAT 85.86 % (300 steps)
-/ 85.94 % (80 steps): on these models PTQ already loses nothing, so QAT can only match it.
-
-XNNPACKQuantizer does not annotate hardswish / hardsigmoid: they run in float between a
-dequantize and the next quantize (inside the XNNPACK delegate), and the SE gate's output is
-quantized as the `mul` input. That placement is the same for PTQ and QAT and is not the cause.
+QAT re-parameterises every BatchNorm to torchao's hard-coded eps before export and keeps BN frozen,
+because torchao's fused QAT pattern normalises with eps 1e-5 while MobileNetV3 uses 1e-3 (the cause
+of pytorch/pytorch#114859); the study and its figures: docs/qat-bn-eps.md.
 """
 
 from __future__ import annotations

@@ -8,19 +8,17 @@ import json
 
 from mbv3_mobile.export.coreml.runtime import float_pictures, module_outputs, run_package
 from mbv3_mobile.graph import last_per_module
+from mbv3_mobile.pipeline.contracts import ResolvedModel
+from mbv3_mobile.pipeline.runner import PipelineResults
 from mbv3_mobile.verify.compare import Candidate
 
 FORMAT = "coreml"
 
 
-def parity_entries(results: dict) -> list[Candidate]:
-    from mbv3_mobile.pipeline.contracts import ResolvedModel
-
-    pre = ResolvedModel.of(results["resolve"]).preprocessing
+def parity_entries(results: PipelineResults) -> list[Candidate]:
+    pre = ResolvedModel.of(results.stage("resolve")).preprocessing
     entries = []
-    for _, r in sorted(results.items()):
-        if getattr(r, "name", None) != "convert":
-            continue
+    for r in results.variants("convert").values():
         package = r.out("package")
         source_map = json.loads(r.out("source_map").read_text())
 

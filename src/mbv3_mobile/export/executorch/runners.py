@@ -10,21 +10,22 @@ import torch
 from mbv3_mobile.export.executorch.debug import DebugProgram
 from mbv3_mobile.export.executorch.runtime import run_pte
 from mbv3_mobile.export.executorch.stages import load_program
+from mbv3_mobile.pipeline.runner import PipelineResults
 from mbv3_mobile.verify.compare import Candidate
 
 FORMAT = "executorch"
 
 
-def parity_entries(results: dict) -> list[Candidate]:
+def parity_entries(results: PipelineResults) -> list[Candidate]:
     """Rows for the parity matrix: eager int8 (the converted PT2E graphs) and every .pte."""
     entries = []
-    for r in _sorted(results, "quantize"):
+    for r in results.variants("quantize").values():
         if r.variant != "fp32":
             gm = load_program(r.out("program")).module()
             entries.append(Candidate(f"eager int8 ({r.variant}, PT2E)", "int8", FORMAT, run=lambda x, m=gm: _batched(m, x)))
-    for r in _sorted(results, "lower"):
+    for r in results.variants("lower").values():
         pte = r.out("pte")
-        program = results[f"quantize[{r.variant}]"].out("program")
+        program = results.stage("quantize", r.variant).out("program")
         entries.append(Candidate(f"pte {r.variant} (ExecuTorch)", "fp32" if r.variant == "fp32" else "int8", FORMAT,
                                  run=lambda x, p=pte: run_pte(p, x),
                                  # drift localisation: the program this .pte was lowered from, through ETDump
@@ -32,16 +33,16 @@ def parity_entries(results: dict) -> list[Candidate]:
     return entries
 
 
-def bench_runtimes(results: dict) -> list[dict]:
+def bench_runtimes(results: PipelineResults) -> list[dict]:
     """The .pte files as bench rows: Python runtime (in process) and native runner (via the .bpte,
     whose first bundled picture every runtime gets: `pictures`). QAT is left out: the same int8
     program shape as PTQ, so timing it again says nothing new."""
     rows = []
-    for r in _sorted(results, "lower"):
+    for r in results.variants("lower").values():
         if r.variant == "qat":
             continue
         precision = "fp32" if r.variant == "fp32" else "int8"
-        bundle = results[f"bundle[{r.variant}]"]
+        bundle = results.stage("bundle", r.variant)
         details = {"variant": r.variant, "delegation": r.meta.get("delegation")}
         rows.append({"key": f"pte_{precision}", "label": f".pte XNNPACK {precision} (Python runtime)",
                      "precision": precision, "file": r.out("pte"), "pictures": bundle.out("inputs"),
@@ -59,7 +60,3 @@ def _debug_program(path: str) -> DebugProgram:
 
 def _batched(module, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([module(x[i : i + 1]) for i in range(len(x))]).detach()
-
-
-def _sorted(results: dict, stage: str) -> list:
-    return [r for _, r in sorted(results.items()) if getattr(r, "name", None) == stage]
