@@ -36,7 +36,7 @@ def test_fp16_gate_failure_publishes_nothing(trained_ci_checkpoint, tmp_path):
     spec = load_pipeline("ios")
     from mbv3_mobile.verify.gates import GateRule
 
-    strict = spec.__class__(**{**spec.__dict__, "gates": {**spec.gates, "fp16": (GateRule("max_abs_dlogit", "<=", 0.0),)}})
+    strict = spec.__class__(**{**spec.__dict__, "gates": {**spec.gates, "classification.fp16": (GateRule("max_abs_dlogit", "<=", 0.0),)}})
     with pytest.raises(GateFailure, match="Core ML fp16"):
         run_pipeline(strict, {"checkpoint": str(trained_ci_checkpoint), "out": str(tmp_path), "variants": ["fp16"],
                               "accuracy_images": 200, "executorch_pte": False}, progress=False)
