@@ -55,7 +55,7 @@ def parity(package, pictures, eager, labels=None) -> dict:
     rep["max_abs_dprob"] = float(np.abs(out["probs"] - probs / probs.sum(1, keepdims=True)).max())
     rep["compression"] = info["compression"]
     table = "compressed" if info["compression"] else info["precision"]
-    rep["verdict"] = gate_verdict(check_gates(rep, load_pipeline("ios").gates[table]))
+    rep["verdict"] = gate_verdict(check_gates(rep, load_pipeline("ios").gates[f"classification.{table}"]))
     return rep
 
 

@@ -63,7 +63,7 @@ def test_failing_gate_publishes_nothing(trained_ci_checkpoint, tmp_path):
     spec = load_pipeline("onnx")
     from mbv3_mobile.verify.gates import GateRule
 
-    strict = spec.__class__(**{**spec.__dict__, "gates": {**spec.gates, "fp32": (GateRule("max_abs_dlogit", "<=", 1e-12),)}})
+    strict = spec.__class__(**{**spec.__dict__, "gates": {**spec.gates, "classification.fp32": (GateRule("max_abs_dlogit", "<=", 1e-12),)}})
     with pytest.raises(GateFailure, match="max_abs_dlogit"):
         run_pipeline(strict, {"checkpoint": str(trained_ci_checkpoint), "out": str(tmp_path), "variants": ["fp32"],
                               "parity_images": 100}, progress=False)
