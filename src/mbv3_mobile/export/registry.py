@@ -14,11 +14,11 @@ converter or runtime.
 from __future__ import annotations
 
 import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mbv3_mobile.core.errors import UserError
+from mbv3_mobile.core.registry import Registry
 
 
 class FormatError(UserError):
@@ -63,40 +63,28 @@ class FormatSpec:
         return getattr(importlib.import_module(module), attr)
 
 
-_REGISTRY: dict[str, FormatSpec] = {}
+_REGISTRY: Registry[FormatSpec] = Registry("mbv3_mobile.export", "format", FormatError)
 
 
 def register_format(spec: FormatSpec) -> FormatSpec:
-    if spec.name in _REGISTRY and _REGISTRY[spec.name] != spec:
-        raise FormatError(f"format {spec.name!r} is registered twice")
-    _REGISTRY[spec.name] = spec
-    return spec
-
-
-def _discover() -> None:
-    import mbv3_mobile.export as export_pkg
-
-    for info in pkgutil.iter_modules(export_pkg.__path__):
-        if info.ispkg:
-            importlib.import_module(f"mbv3_mobile.export.{info.name}")
+    return _REGISTRY.register(spec.name, spec)
 
 
 def list_formats() -> list[FormatSpec]:
     """Every registered format, in pipeline-file order (android, ios, onnx, ...)."""
-    _discover()
     from mbv3_mobile.pipeline.spec import pipeline_files
 
     order = {name: i for i, name in enumerate(pipeline_files())}
-    return sorted(_REGISTRY.values(), key=lambda s: (order.get(s.pipeline, len(order)), s.name))
+    return sorted(_REGISTRY.specs(), key=lambda s: (order.get(s.pipeline, len(order)), s.name))
 
 
 def get_format(name: str) -> FormatSpec:
     """A format by registry name or by its pipeline name (`android` -> executorch)."""
-    _discover()
-    for spec in _REGISTRY.values():
+    formats = list_formats()
+    for spec in formats:
         if name in (spec.name, spec.pipeline):
             return spec
-    known = ", ".join(f"{s.pipeline} ({s.name})" for s in list_formats())
+    known = ", ".join(f"{s.pipeline} ({s.name})" for s in formats)
     raise FormatError(f"unknown format {name!r}: known formats are {known}")
 
 

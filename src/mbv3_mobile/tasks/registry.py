@@ -13,11 +13,11 @@ pipeline files (`[gates.<name>.<table>]`). Hooks are "module:function" strings, 
 from __future__ import annotations
 
 import importlib
-import pkgutil
 from dataclasses import dataclass
 from types import ModuleType
 
 from mbv3_mobile.core.errors import UserError
+from mbv3_mobile.core.registry import Registry
 
 
 class TaskError(UserError):
@@ -57,35 +57,22 @@ class TaskSpec:
         return unlabelled if not labelled and unlabelled in tables else name
 
 
-_REGISTRY: dict[str, TaskSpec] = {}
+_REGISTRY: Registry[TaskSpec] = Registry("mbv3_mobile.tasks", "task", TaskError)
 DEFAULT_TASK = "classification"
 
 
 def register_task(spec: TaskSpec) -> TaskSpec:
-    if spec.name in _REGISTRY and _REGISTRY[spec.name] != spec:
-        raise TaskError(f"task {spec.name!r} is registered twice")
-    _REGISTRY[spec.name] = spec
-    return spec
-
-
-def _discover() -> None:
-    import mbv3_mobile.tasks as tasks_pkg
-
-    for info in pkgutil.iter_modules(tasks_pkg.__path__):
-        if info.ispkg:
-            importlib.import_module(f"mbv3_mobile.tasks.{info.name}")
+    return _REGISTRY.register(spec.name, spec)
 
 
 def list_tasks() -> list[TaskSpec]:
-    _discover()
-    return sorted(_REGISTRY.values(), key=lambda t: (t.name != DEFAULT_TASK, t.name))
+    return sorted(_REGISTRY.specs(), key=lambda t: (t.name != DEFAULT_TASK, t.name))
 
 
 def get_task(name: str | None) -> TaskSpec:
     """A task by name; empty means the default (classification)."""
-    _discover()
     name = name or DEFAULT_TASK
-    if name not in _REGISTRY:
-        known = ", ".join(t.name for t in list_tasks())
-        raise TaskError(f"unknown task {name!r}: known tasks are {known}")
-    return _REGISTRY[name]
+    tasks = {t.name: t for t in list_tasks()}
+    if name not in tasks:
+        raise TaskError(f"unknown task {name!r}: known tasks are {', '.join(tasks)}")
+    return tasks[name]
