@@ -97,6 +97,22 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     return tensors, meta
 
 
+def checkpoint_extra(path: str | os.PathLike) -> dict:
+    """The `extra` metadata of one of our .safetensors files (e.g. its task), read from the header
+    alone; {} for any other file or one that cannot be read (loading it says what is wrong)."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return {}
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+        return json.loads(meta.get("extra", "{}")) if meta.get("format") == FORMAT_TAG else {}
+    except Exception:  # noqa: BLE001 - unreadable here means "no metadata"; the load reports it
+        return {}
+
+
 def detect_source(state_dict: dict[str, torch.Tensor]) -> str:
     if "features.0.0.weight" in state_dict:
         return "torchvision"

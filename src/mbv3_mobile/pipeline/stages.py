@@ -15,7 +15,7 @@ from mbv3_mobile.data.labels import default_labels, read_labels
 from mbv3_mobile.data.pictures import Pictures
 from mbv3_mobile.data.preprocess import Preprocessing, preset, preset_for_source
 from mbv3_mobile.data.selection import choose, pictures
-from mbv3_mobile.model.checkpoint import CheckpointError
+from mbv3_mobile.model.checkpoint import CheckpointError, checkpoint_extra
 from mbv3_mobile.model.flops import profile_model
 from mbv3_mobile.pipeline.contracts import ResolvedModel, ThreadsPick, VerifyFigures
 from mbv3_mobile.pipeline.runner import StageContext
@@ -118,11 +118,8 @@ def resolve_checkpoint(ctx: StageContext) -> dict:
         from mbv3_mobile.train.zoo import ensure_model
 
         path = ensure_model(recipe, progress=ctx.progress)
-    task = task_of(p)
+    task = task_of(p, checkpoint_extra(path))  # --task, else the task the checkpoint names
     ck = load_for_task(task, path, p)
-    if task_of(p, ck.extra) is not task:  # no --task, and the checkpoint names its own
-        task = task_of(p, ck.extra)
-        ck = load_for_task(task, path, p)
     pre = resolve_preprocessing(ck, p)
     if ck.preprocessing is not None and pre.resolution != ck.preprocessing.resolution:
         ctx.log(f"warning: exporting at {pre.resolution} px, the model was trained at {ck.preprocessing.resolution} px")
