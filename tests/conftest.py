@@ -11,7 +11,12 @@ sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
 os.environ.setdefault("MBV3_CACHE", str(ROOT / ".cache"))
 # Tests never reach the network: what they need is fetched by scripts/setup.sh (hash-pinned).
 os.environ["MBV3_OFFLINE"] = "1"
-torch.set_num_threads(max(1, os.cpu_count() or 1))
+# Torch threads: this process's share of the usable cores (affinity and CPU quota), split between
+# pytest-xdist workers when there are several, so workers never oversubscribe the machine.
+from mbv3_mobile.core.threads import usable_cores  # noqa: E402
+
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, usable_cores() // WORKERS))
 
 
 @pytest.fixture(scope="session")

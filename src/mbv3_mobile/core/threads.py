@@ -18,8 +18,20 @@ NOISE_FLOOR = 0.03  # relative latency gap below which two thread counts are "th
 
 
 def usable_cores() -> int:
-    """CPUs this process may run on (the affinity mask, not the machine's core count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """CPUs this process may run on: the affinity mask, capped by a cgroup v2 CPU quota (containers
+    and CI runners limit CPU time that way while still showing every core), not the machine's count."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cgroup_cpu_quota()
+    return max(1, min(cores, math.ceil(quota))) if quota else cores
+
+
+def cgroup_cpu_quota(path: str = "/sys/fs/cgroup/cpu.max") -> float | None:
+    """CPUs' worth of time the cgroup v2 quota allows ("200000 100000" -> 2.0); None when unlimited or unknown."""
+    try:
+        quota, period = open(path).read().split()[:2]
+        return int(quota) / int(period) if quota != "max" else None
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
 
 
 def candidate_counts(cores: int) -> list[int]:
