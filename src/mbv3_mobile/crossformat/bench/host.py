@@ -95,10 +95,15 @@ def cpu_peak(cpuinfo_text: str, cores: int, max_mhz: float | None = None) -> dic
     info = parse_cpuinfo(cpuinfo_text)
     per_cycle, how = fp32_flop_per_cycle(info)
     mhz, source = (max_mhz, "cpufreq cpuinfo_max_freq") if max_mhz else (info.get("mhz"), "/proc/cpuinfo cpu MHz")
-    if not mhz:
-        raise BenchError("no CPU clock found in /proc/cpuinfo or cpufreq: cannot state the FP32 peak")
-    per_core = per_cycle * mhz / 1e3  # GFLOP/s
     i8_cycle, i8_how = int8_op_per_cycle(info)
+    if not mhz:  # e.g. Arm VMs: /proc/cpuinfo has no "cpu MHz" and no cpufreq; latency is still measured
+        unknown = "clock unknown (no cpu MHz in /proc/cpuinfo, no cpufreq): no roofline"
+        return {"cpu": info.get("model_name", "?"), "vendor": info.get("vendor", "?"), "cores": cores,
+                "clock_mhz": None, "clock_source": "unknown", "fp32_flop_per_cycle": per_cycle, "assumption": how,
+                "peak_gflops_per_core": None, "peak_gflops": None, "formula": unknown,
+                "int8_op_per_cycle": i8_cycle, "int8_assumption": i8_how, "peak_int8_gops_per_core": None,
+                "peak_int8_gops": None, "int8_formula": unknown}
+    per_core = per_cycle * mhz / 1e3  # GFLOP/s
     i8_core = i8_cycle * mhz / 1e3  # GOP/s
     return {"cpu": info.get("model_name", "?"), "vendor": info.get("vendor", "?"), "cores": cores,
             "clock_mhz": mhz, "clock_source": source, "fp32_flop_per_cycle": per_cycle, "assumption": how,

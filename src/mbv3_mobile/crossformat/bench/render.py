@@ -74,7 +74,7 @@ def findings(r: dict) -> list[str]:
         elif g["kind"] == "roofline":
             row = lat[n]["rows"].get(g["numerator"], {})
             which = "int8" if "fraction_of_int8_peak" in row else "FP32"
-            per_core = peak.get("peak_int8_gops_per_core" if which == "int8" else "peak_gflops_per_core", 0)
+            per_core = peak.get("peak_int8_gops_per_core" if which == "int8" else "peak_gflops_per_core") or 0
             line += (f": {row.get('gflops', 0):.1f} G{'OP' if which == 'int8' else 'FLOP'}/s achieved against "
                      f"{per_core * int(n):.1f} for {n} core(s) ({peak.get('int8_assumption' if which == 'int8' else 'assumption', '')})")
         out.append(line + ".")
@@ -149,7 +149,8 @@ def markdown(r: dict) -> str:
             i8 = row.get("fraction_of_int8_peak")
             lines.append(f"| {r['runtimes'][key]['label']} | {s['p50_ms']:.3f} | {s['p90_ms']:.3f} | "
                          f"{block['ratio_vs_eager'][key]:.3f} | {row['images_per_s']:.0f} | {row['gflops']:.2f} | "
-                         f"{100 * row['fraction_of_peak']:.1f} | {_fmt(None if i8 is None else 100 * i8, '.1f')} | "
+                         f"{_fmt(100 * row['fraction_of_peak'] if 'fraction_of_peak' in row else None, '.1f')} | "
+                         f"{_fmt(None if i8 is None else 100 * i8, '.1f')} | "
                          f"{s['round_cv']:.1%} | {row['max_abs_diff_vs_eager']:.1e} | {_reliable(row['flags'])} |")
         lines.append("")
     lines += [f"## Goals (judged on {r.get('model_key', '?')})", ""] + goals_table(r) + recommended_table(r)

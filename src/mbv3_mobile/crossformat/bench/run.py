@@ -75,6 +75,7 @@ def resolve_params(params: dict) -> tuple[dict, dict]:
     for k in ("rounds", "iters", "train_rounds", "sweep_iters", "sweep_rounds"):
         if p[k] < 1:
             raise BenchError(f"--{k.replace('_', '-')} must be >= 1, got {p[k]}")
+    thread_counts(p["threads"], usable_cores())  # a bad --threads is refused before any model is resolved
     return p, dict(spec.settings.get("goals", {}))
 
 
@@ -184,8 +185,10 @@ def bench_model(p: dict, goals: dict, *, label: str, weights_note: str | None, p
         for key, row in block["rows"].items():
             p50 = row["summary"]["p50_ms"]
             gflops = 2 * macs / (p50 / 1e3) / 1e9
-            row.update(images_per_s=1e3 / p50, gflops=gflops,
-                       fraction_of_peak=gflops / (peak["peak_gflops_per_core"] * n))
+            row.update(images_per_s=1e3 / p50, gflops=gflops)
+            if peak["peak_gflops_per_core"] is None:  # clock unknown: no roofline fractions
+                continue
+            row["fraction_of_peak"] = gflops / (peak["peak_gflops_per_core"] * n)
             if art.runtimes[key].precision == "int8":
                 row["fraction_of_int8_peak"] = gflops / (peak["peak_int8_gops_per_core"] * n)
             row["fraction_of_roofline"] = row.get("fraction_of_int8_peak", row["fraction_of_peak"])
