@@ -29,17 +29,20 @@ class GateRule:
 # ---------------------------------------------------------------- bounds
 
 
-def wilson_bounds(successes: int, n: int, z: float = _Z) -> tuple[float, float]:
-    """One-sided Wilson score bounds (lower, upper) of a proportion."""
+def wilson_bounds(successes: float, n: float, z: float = _Z) -> tuple[float, float]:
+    """One-sided Wilson score bounds (lower, upper) of a proportion. Counts may be fractional
+    (`pictures_needed` scales them); at 0 and n the outer bound is exactly 0 or 1."""
     if n == 0:
         return 0.0, 1.0
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    lo = 0.0 if successes <= 0 else max(0.0, centre - half)
+    hi = 1.0 if successes >= n else min(1.0, centre + half)
+    return lo, hi
 
 
-def _tango_z(b: int, c: int, n: int, delta: float) -> float:
+def _tango_z(b: float, c: float, n: float, delta: float) -> float:
     """Tango's score statistic for delta = p_b - p_c in a paired 2x2 table (b, c: discordant counts)."""
     a_ = 2.0 * n
     b_ = -b - c + (2.0 * n - b + c) * delta
@@ -51,7 +54,7 @@ def _tango_z(b: int, c: int, n: int, delta: float) -> float:
     return (b - c - n * delta) / math.sqrt(var)
 
 
-def tango_bounds(b: int, c: int, n: int, z: float = _Z) -> tuple[float, float]:
+def tango_bounds(b: float, c: float, n: float, z: float = _Z) -> tuple[float, float]:
     """One-sided score bounds (lower, upper) of (b - c) / n for paired binary outcomes (Tango 1998):
     b = pictures only the reference gets right, c = only the candidate."""
     if n == 0:
@@ -109,7 +112,9 @@ def judge(figures: dict, rule: GateRule) -> dict:
 
 def pictures_needed(figures: dict, rule: GateRule, *, limit_n: int = 10_000_000) -> int | None:
     """Pictures (at the observed rates) at which the safe-side bound would clear the limit; None
-    when the observed value itself is on the wrong side (no sample size makes it pass)."""
+    when the observed value itself is on the wrong side (no sample size makes it pass). Counts are
+    scaled without rounding, so the bound grows monotonically with the picture count and the
+    bisection finds the first count that clears (rounded counts make it step and mislead it)."""
     value = figures[rule.figure]
     if (value > rule.limit) if rule.op == "<=" else (value < rule.limit):
         return None
@@ -117,11 +122,10 @@ def pictures_needed(figures: dict, rule: GateRule, *, limit_n: int = 10_000_000)
     c = figures["counts"]
 
     def clears(k: float) -> bool:
-        m = int(round(n * k))
         if rule.figure == "top1_agreement":
-            return wilson_bounds(int(round(c["agree"] * k)), m)[0] >= rule.limit
+            return wilson_bounds(c["agree"] * k, n * k)[0] >= rule.limit
         if rule.figure == "top1_drop":
-            return tango_bounds(int(round(c["only_reference"] * k)), int(round(c["only_candidate"] * k)), m)[1] <= rule.limit
+            return tango_bounds(c["only_reference"] * k, c["only_candidate"] * k, n * k)[1] <= rule.limit
         # snr: the bound's distance from the value shrinks as 1/sqrt(n)
         lo, hi = figures["bounds"]["snr_db"]
         return (value - (value - lo) / math.sqrt(k) >= rule.limit) if rule.op == ">=" else \
