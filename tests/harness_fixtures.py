@@ -38,31 +38,13 @@ def _export(checkpoint: Path, out: Path) -> None:
     with torch.no_grad():
         expected = model(inputs)
     example = inputs[:1]
-    try:  # the project's exporter when present; else the same ExecuTorch calls directly
-        from mbv3_mobile.export.executorch.bundle import bundle_program
-        from mbv3_mobile.export.executorch.lower import export_to_executorch
+    from mbv3_mobile.export.executorch.bundle import bundle_program
+    from mbv3_mobile.export.executorch.lower import export_to_executorch
 
-        lowered = export_to_executorch(model, example)
-        pte = lowered.buffer
-        bpte = bundle_program(lowered, inputs, expected)
-        bad = bundle_program(lowered, inputs, expected + 1.0)
-    except ImportError:
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-        from executorch.devtools import BundledProgram
-        from executorch.devtools.bundled_program.config import MethodTestCase, MethodTestSuite
-        from executorch.devtools.bundled_program.serialize import serialize_from_bundled_program_to_flatbuffer
-        from executorch.exir import to_edge_transform_and_lower
-
-        manager = to_edge_transform_and_lower(torch.export.export(model, (example,)),
-                                              partitioner=[XnnpackPartitioner()]).to_executorch()
-        pte = manager.buffer
-
-        def bundle(exp):
-            cases = [MethodTestCase(inputs=[inputs[i:i + 1]], expected_outputs=[exp[i:i + 1]]) for i in range(3)]
-            return serialize_from_bundled_program_to_flatbuffer(
-                BundledProgram(manager, [MethodTestSuite(method_name="forward", test_cases=cases)]))
-
-        bpte, bad = bundle(expected), bundle(expected + 1.0)
+    lowered = export_to_executorch(model, example)
+    pte = lowered.buffer
+    bpte = bundle_program(lowered, inputs, expected)
+    bad = bundle_program(lowered, inputs, expected + 1.0)
     out.mkdir(parents=True, exist_ok=True)
     for name, data in (("model.pte", pte), ("model.bpte", bpte), ("wrong_expected.bpte", bad)):
         tmp = out / f".{name}.tmp"

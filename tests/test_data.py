@@ -1,6 +1,7 @@
 """Data loaders on the real Debian Fashion-MNIST files and on ImageFolder trees built on the fly."""
 
 import gzip
+import os
 import warnings
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 from PIL import Image
 
 from mbv3_mobile.data.datasets import (
+    FASHION_MNIST_DIR,
     FASHION_MNIST_LABELS,
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
@@ -74,7 +76,7 @@ def test_missing_files_name_the_apt_command(tmp_path):
 
 
 def test_truncated_idx_file_is_a_clear_error(tmp_path):
-    src = Path("/usr/share/datasets/fashion-mnist")
+    src = Path(os.environ.get("MBV3_FASHION_MNIST_DIR", FASHION_MNIST_DIR))  # where the loader reads it
     with gzip.open(src / "t10k-images-idx3-ubyte.gz") as f:
         raw = f.read()
     with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:

@@ -13,11 +13,10 @@ import sys
 import zipfile
 from pathlib import Path
 
+import coremltools as ct  # a hard dependency: a broken install fails here, it is not skipped
 import numpy as np
 import pytest
 import torch
-
-ct = pytest.importorskip("coremltools")
 
 from mbv3_mobile.core.errors import UserError  # noqa: E402
 from mbv3_mobile.data.datasets import balanced_subset  # noqa: E402

@@ -4,14 +4,12 @@ coremltools' own decompression, image inputs, batching, intermediates, unknown o
 
 from __future__ import annotations
 
+import coremltools as ct  # a hard dependency: a broken install fails here, it is not skipped
+import coremltools.optimize.coreml as cto
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-ct = pytest.importorskip("coremltools")
-cto = pytest.importorskip("coremltools.optimize.coreml")
-
 from coremltools.converters.mil import Builder as mb  # noqa: E402
 
 from mbv3_mobile.core.errors import UserError  # noqa: E402

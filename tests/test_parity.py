@@ -7,6 +7,7 @@ import pytest
 
 from mbv3_mobile.crossformat.parity import run_parity
 from mbv3_mobile.pipeline import GateFailure, PipelineError
+from mbv3_mobile.verify.gates import tango_bounds, wilson_bounds
 
 # The same settings as the per-format pipeline tests, so their cached stages are reused here.
 FORMAT_PARAMS = {
@@ -33,9 +34,11 @@ def test_matrix_over_every_format(trained_ci_checkpoint, tmp_path):
         assert rows[name]["max_abs_dlogit"] <= 1e-4 and rows[name]["top1_agreement"] == 1.0, name
         assert rows[name]["gate"] == "pass", name
     assert all(r["gate"] in ("pass", "inconclusive") and r["images"] == 300 for r in rows.values())
-    for r in rows.values():  # every rate comes with its bounds, and they bracket the value
-        lo, hi = r["bounds"]["top1_drop"]
-        assert lo <= r["top1_drop"] <= hi
+    for name, r in rows.items():  # every rate's bounds are the ones its own counts give (recomputed)
+        c = r["counts"]
+        assert r["top1_drop"] == pytest.approx((c["only_reference"] - c["only_candidate"]) / 300), name
+        assert r["bounds"]["top1_drop"] == pytest.approx(list(tango_bounds(c["only_reference"], c["only_candidate"], 300))), name
+        assert r["bounds"]["top1_agreement"] == pytest.approx(list(wilson_bounds(c["agree"], 300))), name
     assert 0.5 < data["reference_top1"] <= 1.0 and not data["failures"]
     assert "bounds" in (report / "parity.md").read_text()
 

@@ -144,7 +144,7 @@ def test_ptq_accuracy_close_to_fp32(ptq_report):
     assert ptq_report["bounds"]["top1_agreement"][1] >= 0.95, ptq_report
 
 
-def test_qat_at_least_as_accurate_as_ptq(ckpt, train_set, calib, eval_set, fp32_logits, ptq_report):
+def test_qat_is_not_significantly_less_accurate_than_ptq(ckpt, train_set, calib, eval_set, fp32_logits, ptq_report):
     config = QATConfig(steps=80, batch_size=64, lr=5e-5)
     qat = quantize_qat(ckpt.model, train_set, ckpt.preprocessing, calib, config, progress=False)
     logits, labels = predict_logits(qat, eval_set, ckpt.preprocessing)
