@@ -17,6 +17,7 @@ runner and exactly the ExecuTorch libraries it needs (its DT_NEEDED closure), re
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -269,39 +270,42 @@ def ensure_runner(target: str = "host", *, rebuild: bool = False, log=print) -> 
     key_src = json.dumps([_source_digest(), target, version, cmake_version, compiler, str(root), extra])
     key = hashlib.sha256(key_src.encode()).hexdigest()[:12]
     out = cache_root() / "build" / f"{target}-{key}"
-    stamp = out / "build.json"
-    if stamp.is_file() and not rebuild:
-        info = json.loads(stamp.read_text())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a concurrent run building this runner finishes first
+        stamp = out / "build.json"
+        if stamp.is_file() and not rebuild:
+            info = json.loads(stamp.read_text())
+            deploy = out / "deploy"
+            return RunnerBuild(target=target, arch=info["arch"], deploy_dir=deploy, binary=deploy / BINARY,
+                               libs=[deploy / n for n in info["libs"]], executorch_version=info["executorch_version"],
+                               executorch_root=info["executorch_root"], build_seconds=info["build_seconds"], cached=True)
+        log(f"[harness] building the native runner for {target} (executorch {version}) into {out}")
+        start = time.monotonic()
+        with atomic_dir(out) as tmp:
+            build_dir = tmp / "build"
+            log_file = tmp / "build.log"
+            _run([cmake, "-S", str(RUNNER_SRC), "-B", str(build_dir), f"-DEXECUTORCH_ROOT={root}",
+                  "-DCMAKE_BUILD_TYPE=Release", *extra], log_file, "configuring the runner (cmake)", 300)
+            _run([cmake, "--build", str(build_dir), "-j", "2"], log_file, "building the runner", BUILD_TIMEOUT_S)
+            deploy = tmp / "deploy"
+            deploy.mkdir()
+            shutil.copy2(build_dir / BINARY, deploy / BINARY)
+            libs = _deploy_libs(deploy / BINARY, root / "lib")
+            for lib in libs:
+                shutil.copy2(lib, deploy / lib.name)
+            arch = elf_arch(deploy / BINARY)
+            seconds = round(time.monotonic() - start, 1)
+            info = {"target": target, "arch": arch, "executorch_version": version, "executorch_root": str(root),
+                    "cmake": cmake_version, "compiler": compiler, "build_seconds": seconds,
+                    "libs": [lib.name for lib in libs], "key": key, "host": platform.machine()}
+            (tmp / "build.json").write_text(json.dumps(info, indent=2) + "\n")
+            shutil.rmtree(build_dir)  # the object files are not needed once deploy/ is assembled
+        log(f"[harness] runner built in {seconds} s")
         deploy = out / "deploy"
-        return RunnerBuild(target=target, arch=info["arch"], deploy_dir=deploy, binary=deploy / BINARY,
-                           libs=[deploy / n for n in info["libs"]], executorch_version=info["executorch_version"],
-                           executorch_root=info["executorch_root"], build_seconds=info["build_seconds"], cached=True)
-    log(f"[harness] building the native runner for {target} (executorch {version}) into {out}")
-    start = time.monotonic()
-    with atomic_dir(out) as tmp:
-        build_dir = tmp / "build"
-        log_file = tmp / "build.log"
-        _run([cmake, "-S", str(RUNNER_SRC), "-B", str(build_dir), f"-DEXECUTORCH_ROOT={root}",
-              "-DCMAKE_BUILD_TYPE=Release", *extra], log_file, "configuring the runner (cmake)", 300)
-        _run([cmake, "--build", str(build_dir), "-j", "2"], log_file, "building the runner", BUILD_TIMEOUT_S)
-        deploy = tmp / "deploy"
-        deploy.mkdir()
-        shutil.copy2(build_dir / BINARY, deploy / BINARY)
-        libs = _deploy_libs(deploy / BINARY, root / "lib")
-        for lib in libs:
-            shutil.copy2(lib, deploy / lib.name)
-        arch = elf_arch(deploy / BINARY)
-        seconds = round(time.monotonic() - start, 1)
-        info = {"target": target, "arch": arch, "executorch_version": version, "executorch_root": str(root),
-                "cmake": cmake_version, "compiler": compiler, "build_seconds": seconds,
-                "libs": [lib.name for lib in libs], "key": key, "host": platform.machine()}
-        (tmp / "build.json").write_text(json.dumps(info, indent=2) + "\n")
-        shutil.rmtree(build_dir)  # the object files are not needed once deploy/ is assembled
-    log(f"[harness] runner built in {seconds} s")
-    deploy = out / "deploy"
-    return RunnerBuild(target=target, arch=arch, deploy_dir=deploy, binary=deploy / BINARY,
-                       libs=[deploy / lib.name for lib in libs], executorch_version=version,
-                       executorch_root=str(root), build_seconds=seconds)
+        return RunnerBuild(target=target, arch=arch, deploy_dir=deploy, binary=deploy / BINARY,
+                           libs=[deploy / lib.name for lib in libs], executorch_version=version,
+                           executorch_root=str(root), build_seconds=seconds)
 
 
 def runner_from_dir(path: str | Path) -> RunnerBuild:
