@@ -108,7 +108,15 @@ def cmd_report(a: argparse.Namespace) -> int:
     except (OSError, json.JSONDecodeError) as e:
         raise HarnessError(f"cannot read {path}: {e}") from e
     out = path.parent
-    (out / "results.md").write_text(markdown(results))
+    fix = "pass the results.json that `python -m mobile_harness run` wrote"
+    if not isinstance(results, dict):
+        raise HarnessError(f"{path} is not a harness results.json (it holds a {type(results).__name__}): {fix}")
+    try:
+        text = markdown(results)
+    except (KeyError, TypeError, AttributeError, IndexError) as e:
+        what = f"no {e} entry" if isinstance(e, KeyError) else "an entry of the wrong kind"
+        raise HarnessError(f"{path} is not a harness results.json ({what}): {fix}") from None
+    (out / "results.md").write_text(text)
     plot(results, out / "latency.png")
     print(f"[harness] rewrote {out}/results.md and latency.png")
     return 0
