@@ -18,6 +18,7 @@ FORMAT_PARAMS = {
 }
 
 
+@pytest.mark.slow
 def test_matrix_over_every_format(trained_ci_checkpoint, tmp_path):
     # 300 pictures cannot resolve a 0.1-pt fp16 or 0.5-pt int8 gate: those rows may be "inconclusive"
     # (said so, with the pictures needed), never "fail" on noise; fp32 rows are exact and must pass.
@@ -52,7 +53,13 @@ def test_failing_gate_exits_with_matrix_and_localisation(trained_ci_checkpoint, 
                     "out": str(tmp_path / "out"), "onnx_params": FORMAT_PARAMS["onnx_params"]}, progress=False)
     data = json.loads(next((tmp_path / "out").rglob("parity.json")).read_text())
     assert data["rows"]["onnx int8 (onnxruntime)"]["gate"] == "fail"
-    assert "| onnx int8 (onnxruntime) |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| onnx int8 (onnxruntime) |" in out
+    # the failing row, and only it, is localised: per-module drift of the int8 graph, named and tabled
+    assert set(data["localisation"]) == {"onnx int8 (onnxruntime)"}
+    loc = data["localisation"]["onnx int8 (onnxruntime)"]
+    assert loc["table"] and loc["summary"] in out
+    assert "## Drift localisation" in next((tmp_path / "out").rglob("parity.md")).read_text()
 
 
 def test_unknown_format_names_the_known_ones(tmp_path):
