@@ -54,8 +54,10 @@ def run(session: nox.Session, *args: str) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """pytest (posargs go to pytest, e.g. `nox -s tests -- -k checkpoint`)."""
-    run(session, str(BIN / "pytest"), *(session.posargs or ["-q"]))
+    """pytest on every usable core (pytest-xdist, one worker per core, a test file per worker so its
+    module fixtures are built once); posargs go to pytest after these, e.g. `nox -s tests -- -m "not
+    slow"` (the development loop) or `-- -n 0 -k checkpoint` (one process)."""
+    run(session, str(BIN / "pytest"), "-n", "auto", "--dist", "loadfile", *(session.posargs or ["-q"]))
 
 
 @nox.session

@@ -19,6 +19,12 @@ WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 torch.set_num_threads(max(1, usable_cores() // WORKERS))
 
 
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (what `nox -s tests` passes): one worker per usable core, not per visible CPU
+    (xdist's own count ignores a container's CPU quota)."""
+    return usable_cores()
+
+
 @pytest.fixture(scope="session")
 def trained_ci_checkpoint() -> Path:
     """MobileNetV3-Small 0.5 @32 trained briefly on real Fashion-MNIST (recipe 'ci', shipped in mbv3_mobile/train/zoo: the same file on every machine)."""

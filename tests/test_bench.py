@@ -37,6 +37,7 @@ def quick_report(trained_ci_checkpoint, tmp_path_factory):
     return report, folder
 
 
+@pytest.mark.slow
 def test_quick_run_writes_a_consistent_report(quick_report):
     report, folder = quick_report
     assert {p.name for p in folder.iterdir()} >= {"bench.json", "bench.md", "latency.png", "goals.png"}
@@ -80,6 +81,7 @@ def test_quick_run_writes_a_consistent_report(quick_report):
                 assert row["fraction_of_roofline"] == row["fraction_of_peak"]
 
 
+@pytest.mark.slow
 def test_quick_run_measures_memory_training_export_and_load(quick_report):
     report, _ = quick_report
     for key, pr in report["probes"].items():

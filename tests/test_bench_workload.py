@@ -127,6 +127,7 @@ def tiny_sweep(tmp_path_factory):
     return run_sweep(p, progress=False), out / "sweep"
 
 
+@pytest.mark.slow
 def test_sweep_writes_table_json_and_png(tiny_sweep):
     report, folder = tiny_sweep
     assert {f.name for f in folder.iterdir()} >= {"sweep.json", "sweep.md", "sweep.png"}

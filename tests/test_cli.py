@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from mbv3_mobile.cli import main
 
 
@@ -61,6 +63,7 @@ def test_pipeline_names_match_exactly_or_by_unambiguous_prefix_from_anywhere(tmp
     assert res.returncode == 0 and "--calib-images N" in res.stdout and "calibrate" in res.stdout
 
 
+@pytest.mark.slow
 def test_toolchain_noise_is_filtered_and_verbose_shows_it(trained_ci_checkpoint, tmp_path):
     cmd = [sys.executable, "-m", "mbv3_mobile", "export", "onnx", "--checkpoint", str(trained_ci_checkpoint),
            "--variants", "fp32", "--parity-images", "100", "--out", str(tmp_path), "--force"]

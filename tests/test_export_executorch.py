@@ -199,6 +199,7 @@ def test_bundled_program_with_tampered_outputs_fails(ckpt, fp32_program, test_im
         verify_bundled_program(fp32_program.buffer)
 
 
+@pytest.mark.slow
 def test_int8_ptq_pte_is_delegated_and_accurate(ckpt, fp32_program, test_images, tmp_path):
     x, labels = test_images
     calib = calibration_images(ckpt.preprocessing, 256)
@@ -227,6 +228,7 @@ def test_run_on_dataset(pte_path, ckpt, fashion_test):
     assert compare_logits(eager, logits)["max_abs_dlogit"] < 1e-4
 
 
+@pytest.mark.slow
 def test_drift_localisation_names_the_perturbed_block(ckpt, test_images):
     """A deliberately broken export (one depthwise conv's weights scaled inside the exported
     program, as an exporter bug would): the .pte fails parity, and ETDump/Inspector per-op

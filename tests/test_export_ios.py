@@ -16,6 +16,7 @@ def ios_run(trained_ci_checkpoint, tmp_path_factory):
     return params, run_pipeline(load_pipeline("ios"), params, progress=False), out / "mobilenet_v3_small_050_32px"
 
 
+@pytest.mark.slow
 def test_published_packages_manifest_and_gates(ios_run):
     _, _, folder = ios_run
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -32,6 +33,7 @@ def test_published_packages_manifest_and_gates(ios_run):
     assert "VNCoreMLRequest" in (folder / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_fp16_gate_failure_publishes_nothing(trained_ci_checkpoint, tmp_path):
     spec = load_pipeline("ios")
     from mbv3_mobile.verify.gates import GateRule

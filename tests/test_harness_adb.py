@@ -71,6 +71,7 @@ def test_device_state_is_read_from_the_device(adb, fake_devices):
     assert s["thermal_status_name"] == "severe" and s["model"] == "Hot Phone"
 
 
+@pytest.mark.slow
 def test_benchmark_through_adb_end_to_end(adb, fake_devices, harness_runner, harness_models, tmp_path):
     """The CLI, as a person runs it: push, run the native runner on real models, pull, report, clean up."""
     dev = fake_devices()

@@ -100,6 +100,7 @@ def test_runner_errors_are_json_with_exit_codes(harness_runner, harness_models, 
 
 @pytest.mark.skipif(not shutil.which("qemu-aarch64-static") or not shutil.which("aarch64-linux-gnu-g++"),
                     reason="needs qemu-user-static and g++-aarch64-linux-gnu (scripts/setup.sh installs them)")
+@pytest.mark.slow
 def test_aarch64_runner_under_qemu_verifies_bundle(harness_runner, harness_models, tmp_path):
     from mobile_harness.errors import BuildError
 

@@ -39,6 +39,7 @@ def _figures(model, graph, test):
         return compare_logits(model(x), mixed.logits(graph, x), y)
 
 
+@pytest.mark.slow
 def test_auto_fallback_restores_the_gate_with_few_fp32_layers(pushed):
     model, prepared, (held, held_labels), test = pushed
     assert not mixed.meets(_figures(model, mixed.convert_with_fp32(prepared), test), RULES)  # pushed past the gate
@@ -49,6 +50,7 @@ def test_auto_fallback_restores_the_gate_with_few_fp32_layers(pushed):
     assert mixed.meets(after, RULES) and after["snr_db"] > 25
 
 
+@pytest.mark.slow
 def test_mixed_graph_is_fully_delegated_to_xnnpack(pushed):
     from mbv3_mobile.export.executorch.lower import lower
     from mbv3_mobile.graph import export_program
@@ -59,6 +61,7 @@ def test_mixed_graph_is_fully_delegated_to_xnnpack(pushed):
     assert lowered.delegation.ok and lowered.delegation.delegated_subgraphs >= 1
 
 
+@pytest.mark.slow
 def test_off_and_named_layers(pushed):
     model, prepared, (held, labels), _ = pushed
     _, off = mixed.fallback(prepared, model, held, labels, RULES, "off")

@@ -102,6 +102,7 @@ def test_bn_eps_reparameterization_is_exact(ckpt):
         assert (shifted(x) - model(x)).abs().max() < 1e-4
 
 
+@pytest.mark.slow
 def test_qat_graph_matches_eager_once_bn_eps_is_fixed(ckpt, calib):
     """The QAT collapse's cause: torchao's fused QAT conv+BN uses eps 1e-5, MobileNetV3 uses 1e-3.
 
@@ -144,6 +145,7 @@ def test_ptq_accuracy_close_to_fp32(ptq_report):
     assert ptq_report["bounds"]["top1_agreement"][1] >= 0.95, ptq_report
 
 
+@pytest.mark.slow
 def test_qat_is_not_significantly_less_accurate_than_ptq(ckpt, train_set, calib, eval_set, fp32_logits, ptq_report):
     config = QATConfig(steps=80, batch_size=64, lr=5e-5)
     qat = quantize_qat(ckpt.model, train_set, ckpt.preprocessing, calib, config, progress=False)
@@ -160,6 +162,7 @@ def test_qat_is_not_significantly_less_accurate_than_ptq(ckpt, train_set, calib,
     assert all(m.eps == 1e-3 for m in ckpt.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
 
 
+@pytest.mark.slow
 def test_float_stem_recipe_keeps_the_stem_in_fp32_and_gains_fidelity():
     """The recipe (quantize._recipe) on the embedded default, whose weights are the same on every
     machine: the stem and the first block's first conv run in fp32, and the int8 logits are clearly

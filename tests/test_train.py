@@ -66,6 +66,7 @@ def _run_cli(driver: Path, args: list[str], **env) -> subprocess.CompletedProces
     return res
 
 
+@pytest.mark.slow
 def test_short_training_run_learns(tmp_path, fashion_test):
     cfg = TrainConfig(out_dir=str(tmp_path / "run"), width=0.5, max_train_images=3000, epochs=2, batch_size=64,
                       lr=1e-2, warmup_epochs=0.5, augment=False, val_fraction=0.04, bn_recalibration_images=1024,
@@ -97,6 +98,7 @@ def test_short_training_run_learns(tmp_path, fashion_test):
     assert summary["rank_fingerprints"][0]["final"] == state_fingerprint(load_file(result.checkpoint))
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     driver = _driver(tmp_path)
     args = [*TINY, "--epochs", "3"]
@@ -145,6 +147,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     assert state_fingerprint(load_file(killed / "model.safetensors")) == state_fingerprint(final_clean)
 
 
+@pytest.mark.slow
 def test_torchrun_ddp_two_cpu_ranks_end_identical(tmp_path):
     out = tmp_path / "ddp"
     res = subprocess.run([str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "mbv3_mobile", "train",
@@ -163,6 +166,7 @@ def test_torchrun_ddp_two_cpu_ranks_end_identical(tmp_path):
     assert res.stdout.count('"epoch"') == 2  # only rank 0 logs
 
 
+@pytest.mark.slow
 def test_processes_option_launches_ddp_workers(tmp_path):
     # What the zoo recipes use on a 2-core CPU: torchrun workers started by train() itself.
     cfg = TrainConfig(out_dir=str(tmp_path / "p"), width=0.35, max_train_images=640, batch_size=32, epochs=1,

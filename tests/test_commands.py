@@ -1,0 +1,101 @@
+"""The commands a user types, through `mbv3` itself (cli.main): export android and ios with their
+defaults, parity on a folder of unlabelled pictures with --localize, and the int8 options only the
+pipelines wire up (--quant qat, --int8-stem int8, --int8-fallback auto, ONNX qoperator)."""
+
+import json
+
+import onnx
+import pytest
+from PIL import Image
+
+from mbv3_mobile.cli import main
+from mbv3_mobile.core.hashing import sha256_file
+
+NAME = "mobilenet_v3_small_050_32px"
+# test_export_android's settings: the command reuses that test's cached stages
+ANDROID = ["--quant", "fp32,ptq", "--parity-images", "500", "--calib-images", "100", "--bundle-images", "4"]
+
+
+def _manifest(out):
+    return json.loads((out / NAME / "manifest.json").read_text())
+
+
+def test_export_android_command_publishes_a_verified_folder(trained_ci_checkpoint, tmp_path, capsys):
+    out = tmp_path / "dist"
+    assert main(["export", "android", "--checkpoint", str(trained_ci_checkpoint), *ANDROID, "--out", str(out)]) == 0
+    manifest = _manifest(out)
+    for entry in manifest["files"]:  # every published byte is the one the manifest names
+        assert sha256_file(out / NAME / entry["path"]) == entry["sha256"], entry["path"]
+    assert manifest["figures"]["fp32"]["top1_agreement"] == 1.0 and manifest["figures"]["ptq"]["images"] == 10000
+    assert str(out / NAME) in capsys.readouterr().out  # the command says where the folder is
+
+
+@pytest.mark.slow
+def test_export_ios_command_builds_the_executorch_coreml_pte_by_default(trained_ci_checkpoint, tmp_path):
+    out = tmp_path / "dist"
+    assert main(["export", "ios", "--checkpoint", str(trained_ci_checkpoint), "--variants", "fp32",
+                 "--parity-images", "100", "--out", str(out), "--quiet"]) == 0
+    manifest = _manifest(out)
+    assert (out / NAME / "model_coreml.pte").stat().st_size > 10_000
+    assert manifest["executorch_coreml"]["file"] == "model_coreml.pte"
+    assert manifest["executorch_coreml"]["delegated_nodes"] > 0
+    assert "model_coreml.pte" in {f["path"] for f in manifest["files"]}
+    assert "not run here" in (out / NAME / "README.md").read_text()  # the README says what was verified where
+
+
+@pytest.fixture
+def picture_folder(fashion_test, tmp_path):
+    """300 real Fashion-MNIST test pictures as PNG files in nested folders, no labels."""
+    folder = tmp_path / "my_pictures"
+    for i, img in enumerate(fashion_test.images[:300]):
+        (folder / f"batch{i % 3}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img[0].numpy()).save(folder / f"batch{i % 3}" / f"{i:04d}.png")
+    return folder
+
+
+@pytest.mark.slow
+def test_parity_command_on_unlabelled_pictures_localises_every_row(trained_ci_checkpoint, picture_folder, tmp_path,
+                                                                    capsys):
+    out = tmp_path / "parity"
+    assert main(["parity", "--checkpoint", str(trained_ci_checkpoint), "--formats", "onnx", "--images",
+                 str(picture_folder), "--localize", "--out", str(out)]) == 0
+    data = json.loads(next(out.rglob("parity.json")).read_text())
+    assert data["images"] == 300 and data["pictures"]["count"] == 300 and not data["pictures"]["labelled"]
+    rows = data["rows"]
+    assert set(rows) == {"onnx fp32 (onnxruntime)", "onnx int8 (onnxruntime)", "onnx fp32 .ort (onnxruntime)",
+                         "onnx int8 .ort (onnxruntime)"}
+    int8 = rows["onnx int8 (onnxruntime)"]
+    assert "top1_drop" not in int8 and int8["gate"] == "pass"  # no labels: agreement and SNR gates only
+    assert int8["gate_table"] == "classification.int8_unlabelled" and set(int8["bounds"]) == {"top1_agreement", "snr_db"}
+    # --localize: every passing row with per-module outputs (the .ort files are the same graphs, opaque)
+    assert set(data["localisation"]) == {"onnx fp32 (onnxruntime)", "onnx int8 (onnxruntime)"}
+    assert "## Drift localisation" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_android_int8_options_reach_the_published_model(trained_ci_checkpoint, tmp_path):
+    """--int8-stem int8 quantizes the stem too; --int8-fallback auto judges it on held-out pictures
+    and records its decision; --quant qat fine-tunes and records its steps."""
+    out = tmp_path / "dist"
+    assert main(["export", "android", "--checkpoint", str(trained_ci_checkpoint), "--quant", "ptq,qat",
+                 "--int8-stem", "int8", "--int8-fallback", "auto", "--int8-fallback-max", "2", "--fallback-images", "200",
+                 "--calib-images", "100", "--qat-steps", "20", "--parity-images", "200", "--bundle-images", "2",
+                 "--out", str(out), "--quiet"]) == 0
+    variants = _manifest(out)["variants"]
+    mixed = variants["ptq"]["mixed_precision"]
+    assert mixed["mode"] == "auto" and mixed["held_out"]
+    assert mixed["all_int8"]["verdict"] in ("pass", "fail") and mixed["chosen"]["verdict"] == "pass"
+    assert variants["ptq"]["fp32_layers"] == mixed["fp32_layers"]  # only what the fallback chose stays fp32
+    if mixed["all_int8"]["verdict"] == "pass":
+        assert mixed["fp32_layers"] == []  # int8 stem: nothing in fp32 unless the gate needed it
+    assert variants["qat"]["qat"]["steps"] == 20 and variants["qat"]["fp32_layers"] == []
+
+
+@pytest.mark.slow
+def test_onnx_qoperator_int8_is_a_qlinear_graph(trained_ci_checkpoint, tmp_path):
+    out = tmp_path / "dist"
+    assert main(["export", "onnx", "--checkpoint", str(trained_ci_checkpoint), "--variants", "int8",
+                 "--int8-format", "qoperator", "--calib-images", "100", "--out", str(out), "--quiet"]) == 0
+    ops = {n.op_type for n in onnx.load(str(out / NAME / "model_int8.onnx")).graph.node}
+    assert "QLinearConv" in ops and "DequantizeLinear" in ops
+    assert _manifest(out)["figures"]["int8"]["top1_drop"] <= 0.005
