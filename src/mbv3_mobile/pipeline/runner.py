@@ -262,12 +262,22 @@ def run_pipeline(spec: PipelineSpec, overrides: dict[str, Any] | None = None, *,
 
 
 def plan_pipeline(spec: PipelineSpec, overrides: dict[str, Any] | None = None) -> dict[str, str]:
-    """Every stage instance's cache key, without running anything (what a run would reuse or build)."""
-    params = check_params(spec, overrides)
+    """Every stage instance's cache key, without building anything, as a run computes it: the
+    parameters after the pipeline's checks, and for each cached upstream entry the files it recorded
+    (a key covers its inputs' bytes). Below an entry that is not cached the keys cannot be known
+    before it is built; they differ from every cached key, i.e. the plan says those stages rebuild
+    (a run may still reuse them if the rebuilt entry writes the same bytes)."""
+    params = preflight(spec, overrides)
     results: dict[str, StageResult] = {}
     for run in stage_runs(spec, params, results, progress=False):
         key, _ = run.key(params)
-        results[run.label] = StageResult(run.stage.name, run.variant, key, Path(), {}, False, 0.0, run.stage.outs)
+        meta_path = cache_dir() / spec.name / run.label / key / STAGE_META
+        try:  # read, not verified: the plan reports, a run verifies before it reuses
+            meta = json.loads(meta_path.read_text()) if run.stage.cache and meta_path.is_file() else {}
+        except (OSError, json.JSONDecodeError):
+            meta = {}
+        results[run.label] = StageResult(run.stage.name, run.variant, key, Path(), meta, bool(meta), 0.0,
+                                         run.stage.outs)
     return {label: r.key for label, r in results.items()}
 
 
