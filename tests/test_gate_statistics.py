@@ -44,7 +44,7 @@ def _wilson_miss(n: int, p: float, z: float | None = None) -> tuple[float, float
 
 # Wilson's coverage is known to oscillate with n and p (Brown, Cai & DasGupta 2001): at the gates'
 # sizes its exact one-sided miss rate stays within 2.5-7.5 % (measured: 2.6 % at n=200, p=0.95 to
-# 7.3 % at n=100, p=0.9). A bound a third too narrow misses 11-17 % on the same grid.
+# 7.3 % at n=100, p=0.9). A bound a third too narrow misses 11-16 % on the same grid.
 WILSON_MISS_RANGE = (0.025, 0.075)
 WILSON_GRID = [(50, 0.5), (50, 0.9), (100, 0.9), (200, 0.95), (400, 0.95), (500, 0.99), (1000, 0.98),
                (1000, 0.995), (2000, 0.9975)]
