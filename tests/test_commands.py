@@ -83,11 +83,12 @@ def test_android_int8_options_reach_the_published_model(trained_ci_checkpoint, t
                  "--out", str(out), "--quiet"]) == 0
     variants = _manifest(out)["variants"]
     mixed = variants["ptq"]["mixed_precision"]
-    assert mixed["mode"] == "auto" and mixed["held_out"]
-    assert mixed["all_int8"]["verdict"] in ("pass", "fail") and mixed["chosen"]["verdict"] == "pass"
+    assert mixed["mode"] == "auto" and mixed["held_out"]["count"] == 200
     assert variants["ptq"]["fp32_layers"] == mixed["fp32_layers"]  # only what the fallback chose stays fp32
-    if mixed["all_int8"]["verdict"] == "pass":
-        assert mixed["fp32_layers"] == []  # int8 stem: nothing in fp32 unless the gate needed it
+    if mixed["all_int8"]["verdict"] == "pass":  # int8 stem: nothing in fp32 unless the gate needs it
+        assert mixed["fp32_layers"] == [] and mixed["chosen"] == mixed["all_int8"]
+    else:  # it missed on held-out pictures: ranked, and at most --int8-fallback-max layers kept
+        assert mixed["ranking"] and len(mixed["units"]) <= 2
     assert variants["qat"]["qat"]["steps"] == 20 and variants["qat"]["fp32_layers"] == []
 
 
