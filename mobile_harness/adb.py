@@ -44,7 +44,7 @@ class Adb:
         if not path:
             raise DeviceError("adb not found: install it (Debian: apt-get install adb; scripts/setup.sh does) "
                               "or set ADB=/path/to/adb")
-        if not (shutil.which(path) or Path(path).is_file()):
+        if not shutil.which(path):  # a name on PATH or a path, existing and executable
             raise DeviceError(f"adb {path!r} does not exist or is not executable: pass --adb /path/to/adb or set ADB "
                               "(Debian: apt-get install adb)")
         self.path = path

@@ -13,6 +13,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 NOISE_FLOOR = 0.03  # relative latency gap below which two thread counts are "the same"
 
@@ -28,7 +29,7 @@ def usable_cores() -> int:
 def cgroup_cpu_quota(path: str = "/sys/fs/cgroup/cpu.max") -> float | None:
     """CPUs' worth of time the cgroup v2 quota allows ("200000 100000" -> 2.0); None when unlimited or unknown."""
     try:
-        quota, period = open(path).read().split()[:2]
+        quota, period = Path(path).read_text().split()[:2]
         return int(quota) / int(period) if quota != "max" else None
     except (OSError, ValueError, ZeroDivisionError):
         return None

@@ -80,11 +80,10 @@ def list_formats() -> list[FormatSpec]:
 
 def get_format(name: str) -> FormatSpec:
     """A format by registry name or by its pipeline name (`android` -> executorch)."""
-    formats = list_formats()
-    for spec in formats:
+    for spec in _REGISTRY.specs():
         if name in (spec.name, spec.pipeline):
             return spec
-    known = ", ".join(f"{s.pipeline} ({s.name})" for s in formats)
+    known = ", ".join(f"{s.pipeline} ({s.name})" for s in list_formats())
     raise FormatError(f"unknown format {name!r}: known formats are {known}")
 
 

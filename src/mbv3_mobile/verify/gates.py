@@ -102,12 +102,12 @@ def judge(figures: dict, rule: GateRule) -> dict:
     n = figures["images"]
     text = (f"{rule.figure} = {format_value(rule.figure, value)}, {int(CONFIDENCE * 100)} % bounds "
             f"[{format_value(rule.figure, lo)}, {format_value(rule.figure, hi)}] on {n} pictures (must be {rule.op} {format_value(rule.figure, rule.limit)})")
+    need = pictures_needed(figures, rule) if verdict == INCONCLUSIVE else None
     if verdict == INCONCLUSIVE:
-        need = pictures_needed(figures, rule)
         text += (f": cannot tell with {n} pictures; about {need} pictures with the same rates would resolve it"
                  if need else ": more pictures with the same rates would not bring it inside the gate")
     return {"rule": rule.describe(), "value": value, "bounds": [lo, hi], "verdict": verdict, "message": text,
-            "pictures_needed": pictures_needed(figures, rule) if verdict == INCONCLUSIVE else None}
+            "pictures_needed": need}
 
 
 def pictures_needed(figures: dict, rule: GateRule, *, limit_n: int = 10_000_000) -> int | None:

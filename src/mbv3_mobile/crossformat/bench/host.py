@@ -96,22 +96,20 @@ def cpu_peak(cpuinfo_text: str, cores: int, max_mhz: float | None = None) -> dic
     per_cycle, how = fp32_flop_per_cycle(info)
     mhz, source = (max_mhz, "cpufreq cpuinfo_max_freq") if max_mhz else (info.get("mhz"), "/proc/cpuinfo cpu MHz")
     i8_cycle, i8_how = int8_op_per_cycle(info)
-    if not mhz:  # e.g. Arm VMs: /proc/cpuinfo has no "cpu MHz" and no cpufreq; latency is still measured
+    peaks = {"clock_mhz": mhz, "clock_source": source, "peak_gflops_per_core": None, "peak_gflops": None,
+             "peak_int8_gops_per_core": None, "peak_int8_gops": None}
+    if mhz:
+        per_core, i8_core = per_cycle * mhz / 1e3, i8_cycle * mhz / 1e3  # GFLOP/s, GOP/s
+        peaks.update(peak_gflops_per_core=per_core, peak_gflops=per_core * cores, peak_int8_gops_per_core=i8_core,
+                     peak_int8_gops=i8_core * cores,
+                     formula=f"{cores} cores x {per_cycle} FLOP/cycle x {mhz / 1e3:.3f} GHz = {per_core * cores:.1f} GFLOP/s",
+                     int8_formula=f"{cores} cores x {i8_cycle} int8 OP/cycle x {mhz / 1e3:.3f} GHz = {i8_core * cores:.1f} GOP/s")
+    else:  # e.g. Arm VMs: /proc/cpuinfo has no "cpu MHz" and no cpufreq; latency is still measured
         unknown = "clock unknown (no cpu MHz in /proc/cpuinfo, no cpufreq): no roofline"
-        return {"cpu": info.get("model_name", "?"), "vendor": info.get("vendor", "?"), "cores": cores,
-                "clock_mhz": None, "clock_source": "unknown", "fp32_flop_per_cycle": per_cycle, "assumption": how,
-                "peak_gflops_per_core": None, "peak_gflops": None, "formula": unknown,
-                "int8_op_per_cycle": i8_cycle, "int8_assumption": i8_how, "peak_int8_gops_per_core": None,
-                "peak_int8_gops": None, "int8_formula": unknown}
-    per_core = per_cycle * mhz / 1e3  # GFLOP/s
-    i8_core = i8_cycle * mhz / 1e3  # GOP/s
+        peaks.update(clock_mhz=None, clock_source="unknown", formula=unknown, int8_formula=unknown)
     return {"cpu": info.get("model_name", "?"), "vendor": info.get("vendor", "?"), "cores": cores,
-            "clock_mhz": mhz, "clock_source": source, "fp32_flop_per_cycle": per_cycle, "assumption": how,
-            "peak_gflops_per_core": per_core, "peak_gflops": per_core * cores,
-            "formula": f"{cores} cores x {per_cycle} FLOP/cycle x {mhz / 1e3:.3f} GHz = {per_core * cores:.1f} GFLOP/s",
-            "int8_op_per_cycle": i8_cycle, "int8_assumption": i8_how, "peak_int8_gops_per_core": i8_core,
-            "peak_int8_gops": i8_core * cores,
-            "int8_formula": f"{cores} cores x {i8_cycle} int8 OP/cycle x {mhz / 1e3:.3f} GHz = {i8_core * cores:.1f} GOP/s"}
+            "fp32_flop_per_cycle": per_cycle, "assumption": how, "int8_op_per_cycle": i8_cycle,
+            "int8_assumption": i8_how, **peaks}
 
 
 def host_peak() -> dict:
