@@ -5,6 +5,7 @@ Importing this puts the repo root on sys.path: mobile_harness lives there, besid
 from __future__ import annotations
 
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +15,12 @@ if str(ROOT) not in sys.path:
 
 # The example app's tensors: MobileNetV3-Small 0.5 at 32x32 (recipe "ci").
 INPUT_SHAPE = (1, 3, 32, 32)
+
+
+def harness_cli(*args, env=None, timeout=120) -> subprocess.CompletedProcess:
+    """`python -m mobile_harness ARGS` from the repo root, as a person types it; output captured."""
+    cmd = [sys.executable, "-m", "mobile_harness", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
 
 
 def free_port() -> int:

@@ -9,10 +9,9 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
-from harness_support import ROOT
+from harness_support import harness_cli as harness
 
 pytest_plugins = ["harness_fixtures"]  # the harness fixtures (tests/harness_fixtures.py)
 
@@ -20,11 +19,6 @@ PNG = b"\x89PNG\r\n\x1a\n"
 # Every variable through which a machine could point the harness (or a build) at an Android NDK/SDK.
 ANDROID_VARS = ("ANDROID_NDK", "ANDROID_NDK_HOME", "ANDROID_NDK_ROOT", "ANDROID_HOME", "ANDROID_SDK_ROOT",
                 "MBV3_EXECUTORCH_ANDROID_ROOT")
-
-
-def harness(*args, env=None, timeout=120) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "mobile_harness", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
 
 
 def tree(folder) -> dict[str, bytes]:

@@ -4,13 +4,11 @@ device, and no partial result reported as a measurement."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from fake_adbd import Faults
-from harness_support import ROOT, device_leftovers
+from harness_support import device_leftovers, harness_cli
 
 from mobile_harness.bench import BenchPlan
 from mobile_harness.errors import DeviceError, RunnerError, RunnerTimeout, VerificationError
@@ -37,9 +35,7 @@ def runner_processes(root: Path) -> list[int]:
 
 
 def cli(adb, *args, timeout=120):
-    cmd = [sys.executable, "-m", "mobile_harness", "run", "--target", "adb", "--adb-port", str(adb.server_port),
-           *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=adb.env)
+    return harness_cli("run", "--target", "adb", "--adb-port", adb.server_port, *args, env=adb.env, timeout=timeout)
 
 
 def test_no_device(adb, harness_runner, harness_models, tmp_path):
