@@ -34,6 +34,21 @@ def trained_ci_checkpoint() -> Path:
 
 
 @pytest.fixture(scope="session")
+def ci_android(trained_ci_checkpoint, tmp_path_factory) -> Path:
+    """The published folder of `mbv3 export android` on the CI checkpoint (fp32 + int8 PTQ .pte,
+    bundles, manifest) with the settings every file shares (tests/fixtures/ci_exports.py);
+    read-only for the tests that use it."""
+    import ci_exports
+
+    from mbv3_mobile.pipeline import load_pipeline, run_pipeline
+
+    out = tmp_path_factory.mktemp("ci_android")
+    run_pipeline(load_pipeline("android"), {"checkpoint": str(trained_ci_checkpoint), "out": str(out),
+                                            **ci_exports.ANDROID}, progress=False)
+    return out / ci_exports.NAME
+
+
+@pytest.fixture(scope="session")
 def fashion_test():
     from mbv3_mobile.data.datasets import load_fashion_mnist
 

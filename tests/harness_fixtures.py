@@ -1,8 +1,8 @@
 """Fixtures for the device-harness tests (tests/test_harness_*.py load it with pytest_plugins).
 
 - harness_runner: the host-built native runner (cached under $MBV3_CACHE/harness/build).
-- harness_models: a real .pte, .bpte and a .bpte with wrong expected outputs, exported from the
-  trained CI checkpoint (cached under $MBV3_CACHE/harness/models, keyed by checkpoint + executorch).
+- harness_models: the CI checkpoint's published fp32 .pte (conftest's ci_android), a .bpte of it and a
+  .bpte with wrong expected outputs (cached under $MBV3_CACHE/harness/models, keyed by their inputs).
 - adb: the real adb client with its own server on a free loopback port and a private HOME (its
   keys), killed at teardown.
 - fake_devices: start loopback ADB test devices (sandbox folders) and `adb connect` them.
@@ -27,39 +27,36 @@ def harness_runner():
     return ensure_runner("host", log=print)
 
 
-def _export(checkpoint: Path, out: Path) -> None:
+def _bundle(checkpoint: Path, pte: Path, out: Path) -> None:
     import torch
 
     from mbv3_mobile import load_checkpoint
+    from mbv3_mobile.export.executorch.bundle import bundle_program
 
     model = load_checkpoint(checkpoint).model.eval()
     gen = torch.Generator().manual_seed(0)
     inputs = torch.randn(3, *INPUT_SHAPE[1:], generator=gen)
     with torch.no_grad():
         expected = model(inputs)
-    example = inputs[:1]
-    from mbv3_mobile.export.executorch.bundle import bundle_program
-    from mbv3_mobile.export.executorch.lower import export_to_executorch
-
-    lowered = export_to_executorch(model, example)
-    pte = lowered.buffer
-    bpte = bundle_program(lowered, inputs, expected)
-    bad = bundle_program(lowered, inputs, expected + 1.0)
     out.mkdir(parents=True, exist_ok=True)
-    for name, data in (("model.pte", pte), ("model.bpte", bpte), ("wrong_expected.bpte", bad)):
+    files = (("model.pte", pte.read_bytes()), ("model.bpte", bundle_program(pte, inputs, expected)),
+             ("wrong_expected.bpte", bundle_program(pte, inputs, expected + 1.0)))
+    for name, data in files:
         tmp = out / f".{name}.tmp"
         tmp.write_bytes(data)
         os.replace(tmp, out / name)
 
 
 @pytest.fixture(scope="session")
-def harness_models(trained_ci_checkpoint) -> dict[str, Path]:
+def harness_models(trained_ci_checkpoint, ci_android) -> dict[str, Path]:
+    """The fp32 .pte `mbv3 export android` published for the CI checkpoint, with bundles of 3 cases."""
     ckpt = Path(trained_ci_checkpoint)
-    key = hashlib.sha256(ckpt.read_bytes() + executorch_version().encode() + b"harness-models-1").hexdigest()[:12]
+    pte = ci_android / "model_fp32.pte"
+    key = hashlib.sha256(ckpt.read_bytes() + pte.read_bytes() + executorch_version().encode() + b"harness-models-2").hexdigest()[:12]
     out = cache_root() / "models" / key
     names = ("model.pte", "model.bpte", "wrong_expected.bpte")
     if not all((out / n).is_file() for n in names):
-        _export(ckpt, out)
+        _bundle(ckpt, pte, out)
     return {"pte": out / "model.pte", "bpte": out / "model.bpte", "wrong_bpte": out / "wrong_expected.bpte"}
 
 

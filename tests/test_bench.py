@@ -4,16 +4,14 @@ never absolute times) and the pure logic: peak FLOPs from cpuinfo, ratios, goal 
 import json
 import math
 
+import ci_exports
 import pytest
 
 from mbv3_mobile.cli import main
 from mbv3_mobile.crossformat import bench
 
-# The same settings as the per-format pipeline tests, so their cached stages are reused here.
-FORMAT_PARAMS = {
-    "android_params": {"quant": ["fp32", "ptq"], "parity_images": 500, "calib_images": 100, "bundle_images": 4},
-    "onnx_params": {"variants": ["fp32", "int8"], "parity_images": 500, "calib_images": 100},
-}
+# The shared export settings (tests/fixtures/ci_exports.py): their cached stages are reused here.
+FORMAT_PARAMS = {"android_params": ci_exports.ANDROID, "onnx_params": ci_exports.ONNX}
 
 INTEL = """processor\t: 0
 vendor_id\t: GenuineIntel

@@ -4,6 +4,7 @@ pipelines wire up (--quant qat, --int8-stem int8, --int8-fallback auto, ONNX qop
 
 import json
 
+import ci_exports
 import onnx
 import pytest
 from PIL import Image
@@ -11,9 +12,9 @@ from PIL import Image
 from mbv3_mobile.cli import main
 from mbv3_mobile.core.hashing import sha256_file
 
-NAME = "mobilenet_v3_small_050_32px"
-# test_export_android's settings: the command reuses that test's cached stages
-ANDROID = ["--quant", "fp32,ptq", "--parity-images", "500", "--calib-images", "100", "--bundle-images", "4"]
+NAME = ci_exports.NAME
+# the shared export settings as options: the command reuses their cached stages
+ANDROID = ci_exports.cli_args(ci_exports.ANDROID)
 
 
 def _manifest(out):

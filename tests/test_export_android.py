@@ -2,6 +2,7 @@
 
 import json
 
+import ci_exports
 import pytest
 
 from mbv3_mobile.pipeline import PipelineError, load_pipeline, run_pipeline
@@ -12,9 +13,8 @@ from mbv3_mobile.pipeline.runner import plan_pipeline
 def android_run(trained_ci_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
     spec = load_pipeline("android")
-    params = {"checkpoint": str(trained_ci_checkpoint), "out": str(out), "parity_images": 500, "calib_images": 100,
-              "bundle_images": 4}
-    return spec, params, run_pipeline(spec, params, progress=False), out / "mobilenet_v3_small_050_32px"
+    params = {"checkpoint": str(trained_ci_checkpoint), "out": str(out), **ci_exports.ANDROID}
+    return spec, params, run_pipeline(spec, params, progress=False), out / ci_exports.NAME
 
 
 def test_published_folder_and_manifest(android_run):

@@ -3,6 +3,8 @@ int8 .pte, BundledProgram verification, short export errors."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -20,7 +22,7 @@ from mbv3_mobile.export.executorch.lower import DelegationError, check_delegatio
 from mbv3_mobile.export.executorch.runtime import program_input_shape, run_pte, run_pte_on_dataset
 from mbv3_mobile.graph import ExportError
 from mbv3_mobile.model.checkpoint import load_checkpoint
-from mbv3_mobile.quantize.pt2e import calibration_images, quantize_ptq, real_images
+from mbv3_mobile.quantize.pt2e import real_images
 from mbv3_mobile.verify.compare import compare_logits
 
 N_PARITY = 500
@@ -37,13 +39,22 @@ def test_images(ckpt):
 
 
 @pytest.fixture(scope="module")
-def fp32_program(ckpt, test_images):
-    return export_to_executorch(ckpt.model.eval(), test_images[0][:1])
+def pte_path(ci_android):
+    """The fp32 .pte `mbv3 export android` published for the CI checkpoint (lowered once per run)."""
+    return ci_android / "model_fp32.pte"
 
 
 @pytest.fixture(scope="module")
-def pte_path(fp32_program, tmp_path_factory):
-    return write_pte(fp32_program, tmp_path_factory.mktemp("pte") / "model_fp32.pte")
+def manifest(ci_android):
+    return json.loads((ci_android / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def tiny_program():
+    """A small conv net lowered here, in this process: the LoweredProgram API itself."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Hardswish(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
+    return model, export_to_executorch(model, torch.randn(4, 3, 16, 16))
 
 
 def test_fp32_pte_parity_with_eager(ckpt, pte_path, test_images):
@@ -58,23 +69,25 @@ def test_fp32_pte_parity_with_eager(ckpt, pte_path, test_images):
     assert len(eager.argmax(1).unique()) == 10
 
 
-def test_pte_written_atomically(pte_path, fp32_program):
-    assert pte_path.read_bytes() == fp32_program.buffer
+def test_pte_written_atomically(tiny_program, pte_path, tmp_path):
+    _, lowered = tiny_program
+    for source in (lowered, pte_path.read_bytes(), pte_path):  # a LoweredProgram, bytes or a path
+        written = write_pte(source, tmp_path / "model.pte")
+        assert written.read_bytes() == (lowered.buffer if source is lowered else pte_path.read_bytes())
     assert pte_path.stat().st_size > 100_000
-    assert not [p for p in pte_path.parent.iterdir() if p.name.endswith(".tmp")]
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pte"]  # no temporary file left beside it
 
 
-def test_delegation_gate_passes_for_mobilenetv3(fp32_program):
-    report = fp32_program.delegation
-    assert report.ok and report.delegated_subgraphs == 1
-    assert report.violations == []
-    # every conv / linear / activation / add / mul / pool is inside the delegate
-    for op, counts in report.by_op.items():
-        if any(k in op for k in ("convolution", "linear", "addmm", "hardswish", "hardtanh", "relu", "add", "mul", "mean", "avg_pool")):
-            assert counts["non_delegated"] == 0, op
-    assert {o["op"] for o in report.outside} <= {"getitem", "dim_order_ops._to_dim_order_copy.default"}
-    summary = report.to_dict()
-    assert summary["non_delegated_compute_ops"] == [] and summary["delegated_nodes"] > 100
+def test_delegation_gate_passes_for_mobilenetv3(manifest):
+    for variant in ("fp32", "ptq"):
+        report = manifest["delegation"][variant]
+        assert report["delegated_subgraphs"] == 1 and report["non_delegated_compute_ops"] == []
+        # every conv / linear / activation / add / mul / pool is inside the delegate
+        for op, counts in report["by_op"].items():
+            if any(k in op for k in ("convolution", "linear", "addmm", "hardswish", "hardtanh", "relu", "add", "mul", "mean", "avg_pool")):
+                assert counts["non_delegated"] == 0, (variant, op)
+        assert set(report["outside_allowed"]) <= {"getitem", "dim_order_ops._to_dim_order_copy.default"}
+        assert report["delegated_nodes"] > 100
 
 
 class _RunningSum(nn.Module):
@@ -159,10 +172,8 @@ def test_training_mode_model_is_refused(ckpt):
         export_to_executorch(copy.deepcopy(ckpt.model).train(), torch.zeros(1, 3, 32, 32))
 
 
-def test_run_pte_pads_to_the_program_batch():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Hardswish(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
-    lowered = export_to_executorch(model, torch.randn(4, 3, 16, 16))
+def test_run_pte_pads_to_the_program_batch(tiny_program):
+    model, lowered = tiny_program
     x = torch.randn(10, 3, 16, 16)
     out = run_pte(lowered, x)
     with torch.no_grad():
@@ -171,50 +182,51 @@ def test_run_pte_pads_to_the_program_batch():
         run_pte(lowered, torch.randn(2, 3, 8, 8))
 
 
-def test_bundled_program_verifies_in_runtime(ckpt, fp32_program, pte_path, test_images, tmp_path):
+def test_bundled_program_verifies_in_runtime(ckpt, tiny_program, pte_path, test_images, tmp_path):
     x = test_images[0][:5]
     with torch.no_grad():
         expected = ckpt.model.eval()(x)
-    path = write_bundled_program(tmp_path / "model_fp32.bpte", fp32_program, x, expected)
-    assert bundled_case_count(path) == 5
+    # from the published .pte file itself: the bundle embeds exactly its bytes, no re-lowering
+    path = write_bundled_program(tmp_path / "model_fp32.bpte", pte_path, x, expected)
+    assert bundled_case_count(path) == 5 and bundled_program_bytes(path) == pte_path.read_bytes()
     assert verify_bundled_program(path) == {"cases": 5, "rtol": 1e-5, "atol": 1e-4}
-    # from the published .pte file itself: the bundle embeds exactly its bytes
-    from_file = bundle_program(pte_path, x, expected)
-    assert bundled_program_bytes(from_file) == pte_path.read_bytes()
-    assert verify_bundled_program(from_file)["cases"] == 5
     with pytest.raises(ExportError, match="do not fit"):
         bundle_program(pte_path, x[:, :, :16], expected)
+    # from a LoweredProgram in memory (its batch is 4: the cases are cut to it)
+    model, lowered = tiny_program
+    xs = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        data = bundle_program(lowered, xs, model(xs))
+    assert bundled_program_bytes(data) == lowered.buffer and verify_bundled_program(data)["cases"] == 2
 
 
-def test_bundled_program_with_tampered_outputs_fails(ckpt, fp32_program, test_images):
+def test_bundled_program_with_tampered_outputs_fails(ckpt, pte_path, test_images):
     x = test_images[0][:4]
     with torch.no_grad():
         expected = ckpt.model.eval()(x)
     tampered = expected.clone()
     tampered[2, 7] += 0.01
-    data = bundle_program(fp32_program, x, tampered)
+    data = bundle_program(pte_path, x, tampered)
     with pytest.raises(BundleVerificationError, match="test case 2/4"):
         verify_bundled_program(data)
     with pytest.raises(BundleVerificationError, match="not a BundledProgram"):
-        verify_bundled_program(fp32_program.buffer)
+        verify_bundled_program(pte_path.read_bytes())
 
 
-@pytest.mark.slow
-def test_int8_ptq_pte_is_delegated_and_accurate(ckpt, fp32_program, test_images, tmp_path):
+def test_int8_ptq_pte_is_delegated_and_accurate(ckpt, ci_android, manifest, pte_path, test_images):
+    """The int8 PTQ .pte the pipeline published (calibrated on 100 real training pictures): int8
+    weights, fully delegated, accurate on real test pictures here, and its golden outputs make a
+    bundle that verifies on the runtime."""
     x, labels = test_images
-    calib = calibration_images(ckpt.preprocessing, 256)
-    quantized = quantize_ptq(ckpt.model, calib, progress=False)
-    lowered = export_to_executorch(quantized, x[:1])
-    assert lowered.delegation.ok
-    assert len(lowered.buffer) < 0.5 * len(fp32_program.buffer)  # int8 weights
-    path = write_pte(lowered, tmp_path / "model_int8.pte")
+    path = ci_android / "model_int8.pte"
+    assert manifest["delegation"]["ptq"]["non_delegated_compute_ops"] == []
+    assert path.stat().st_size < 0.5 * pte_path.stat().st_size  # int8 weights
     with torch.no_grad():
         eager = ckpt.model.eval()(x)
     report = compare_logits(eager, run_pte(path, x), labels)
     assert report["top1_drop"] <= 0.015 and report["top1_agreement"] >= 0.95, report
-    # golden outputs of the int8 program itself make a bundle that verifies on the runtime
     golden = run_pte(path, x[:3])
-    verify_bundled_program(bundle_program(lowered, x[:3], golden), atol=1e-5)
+    verify_bundled_program(bundle_program(path, x[:3], golden), atol=1e-5)
 
 
 def test_run_on_dataset(pte_path, ckpt, fashion_test):
@@ -233,21 +245,21 @@ def test_drift_localisation_names_the_perturbed_block(ckpt, test_images):
     """A deliberately broken export (one depthwise conv's weights scaled inside the exported
     program, as an exporter bug would): the .pte fails parity, and ETDump/Inspector per-op
     outputs name the block; the intact program departs nowhere."""
-    from mbv3_mobile.export.executorch.debug import debug_module_outputs
-    from mbv3_mobile.export.executorch.lower import lower
+    from mbv3_mobile.export.executorch.debug import DebugProgram
     from mbv3_mobile.graph import export_program
     from mbv3_mobile.verify.drift import localize
 
     image = test_images[0][:1]
     model = ckpt.model.eval()
-    good = export_program(model, image)
-    clean = localize(model, image, debug_module_outputs(good, image), 1e-4)
+    clean = localize(model, image, DebugProgram(export_program(model, image))(image), 1e-4)
     assert clean.module is None and len(clean.compared) > 50, clean.table()
     bad = export_program(model, image)
     key = "features.7.block.1.0.weight"  # one depthwise conv; a new tensor, the model's stays intact
     bad.state_dict[key] = torch.nn.Parameter(bad.state_dict[key].detach() * 1.05, requires_grad=False)
     assert not torch.equal(bad.state_dict["features.7.block.1.0.weight"], model.features[7].block[1][0].weight)
-    report = compare_logits(model(test_images[0][:50]), run_pte(lower(bad).buffer, test_images[0][:50]))
-    assert report["max_abs_dlogit"] > 1e-3  # the broken .pte really fails the fp32 gate
-    drift = localize(model, image, debug_module_outputs(bad, image), 1e-4)
+    broken = DebugProgram(bad)
+    # the broken program really fails the fp32 gate (run as lowered, one delegate per op)
+    report = compare_logits(model(test_images[0][:50]), run_pte(broken.lowered.pte, test_images[0][:50]))
+    assert report["max_abs_dlogit"] > 1e-3
+    drift = localize(model, image, broken(image), 1e-4)
     assert drift.module is not None and drift.module.startswith("features.7.block.1"), drift.table()

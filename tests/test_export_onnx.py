@@ -2,6 +2,7 @@
 
 import json
 
+import ci_exports
 import onnx
 import pytest
 
@@ -13,7 +14,7 @@ from mbv3_mobile.pipeline.runner import plan_pipeline
 def onnx_run(trained_ci_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
     spec = load_pipeline("onnx")
-    params = {"checkpoint": str(trained_ci_checkpoint), "out": str(out), "parity_images": 500, "calib_images": 100}
+    params = {"checkpoint": str(trained_ci_checkpoint), "out": str(out), **ci_exports.ONNX}
     return spec, params, run_pipeline(spec, params, progress=False), out
 
 

@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import ci_exports
 import pytest
 
 from mbv3_mobile.card import CARD_JSON, CARD_MD, ModelCardError, write_card
@@ -14,9 +15,8 @@ NAME = "mobilenet_v3_small_050_32px"
 
 @pytest.fixture(scope="module")
 def published(trained_ci_checkpoint, tmp_path_factory):
-    # The same parameters as tests/test_export_onnx.py, so every stage but `package` is cached.
     out = tmp_path_factory.mktemp("dist")
-    params = {"checkpoint": str(trained_ci_checkpoint), "out": str(out), "parity_images": 500, "calib_images": 100}
+    params = {"checkpoint": str(trained_ci_checkpoint), "out": str(out), **ci_exports.ONNX}
     run_pipeline(load_pipeline("onnx"), params, progress=False)
     return out / NAME
 

@@ -3,6 +3,7 @@ EP-friendly graph and its coverage gate, the ORT format (.ort) with its operator
 
 import json
 
+import ci_exports
 import numpy as np
 import onnx
 import pytest
@@ -16,9 +17,8 @@ NAME = "mobilenet_v3_small_050_32px"
 
 @pytest.fixture(scope="module")
 def onnx_run(trained_ci_checkpoint, tmp_path_factory):
-    # test_export_onnx's parameters: its cached stages are reused here
     out = tmp_path_factory.mktemp("dist")
-    params = {"checkpoint": str(trained_ci_checkpoint), "out": str(out), "parity_images": 500, "calib_images": 100}
+    params = {"checkpoint": str(trained_ci_checkpoint), "out": str(out), **ci_exports.ONNX}
     results = run_pipeline(load_pipeline("onnx"), params, progress=False)
     return results, out / NAME, json.loads((out / NAME / "manifest.json").read_text())
 

@@ -3,18 +3,19 @@
 import json
 from pathlib import Path
 
+import ci_exports
 import pytest
 
 from mbv3_mobile.crossformat.parity import run_parity
 from mbv3_mobile.pipeline import GateFailure, PipelineError
 from mbv3_mobile.verify.gates import tango_bounds, wilson_bounds
 
-# The same settings as the per-format pipeline tests, so their cached stages are reused here.
+# The shared export settings (tests/fixtures/ci_exports.py), so their cached stages are reused here
+# (QAT is tested in test_quantize; on 300 images an int8 drop gate of 0.5 pt is 1.5 images).
 FORMAT_PARAMS = {
-    # QAT is tested in test_quantize; on 300 images an int8 drop gate of 0.5 pt is 1.5 images.
-    "android_params": {"quant": ["fp32", "ptq"], "parity_images": 500, "calib_images": 100, "bundle_images": 4},
+    "android_params": ci_exports.ANDROID,
     "ios_params": {"variants": ["fp16", "fp32"], "parity_images": 300, "accuracy_images": 2000, "executorch_pte": False},
-    "onnx_params": {"parity_images": 500, "calib_images": 100},
+    "onnx_params": ci_exports.ONNX,
 }
 
 
