@@ -1,6 +1,6 @@
 """The commands a user types, through `mbv3` itself (cli.main): export android and ios with their
 defaults, parity on a folder of unlabelled pictures with --localize, and the int8 options only the
-pipelines wire up (--quant qat, --int8-stem int8, --int8-fallback auto, ONNX qoperator)."""
+pipelines wire up (--quant qat against PTQ, --int8-stem int8, --int8-fallback auto, ONNX qoperator)."""
 
 import json
 
@@ -74,23 +74,48 @@ def test_parity_command_on_unlabelled_pictures_localises_every_row(trained_ci_ch
 
 
 @pytest.mark.slow
-def test_android_int8_options_reach_the_published_model(trained_ci_checkpoint, tmp_path):
+def test_android_int8_stem_and_fallback_options_reach_the_published_model(trained_ci_checkpoint, tmp_path):
     """--int8-stem int8 quantizes the stem too; --int8-fallback auto judges it on held-out pictures
-    and records its decision; --quant qat fine-tunes and records its steps."""
+    and records its decision."""
     out = tmp_path / "dist"
-    assert main(["export", "android", "--checkpoint", str(trained_ci_checkpoint), "--quant", "ptq,qat",
+    assert main(["export", "android", "--checkpoint", str(trained_ci_checkpoint), "--quant", "ptq",
                  "--int8-stem", "int8", "--int8-fallback", "auto", "--int8-fallback-max", "2", "--fallback-images", "200",
-                 "--calib-images", "100", "--qat-steps", "20", "--parity-images", "200", "--bundle-images", "2",
-                 "--out", str(out), "--quiet"]) == 0
-    variants = _manifest(out)["variants"]
-    mixed = variants["ptq"]["mixed_precision"]
+                 "--calib-images", "100", "--bundle-images", "2", "--out", str(out), "--quiet"]) == 0
+    ptq = _manifest(out)["variants"]["ptq"]
+    mixed = ptq["mixed_precision"]
     assert mixed["mode"] == "auto" and mixed["held_out"]["count"] == 200
-    assert variants["ptq"]["fp32_layers"] == mixed["fp32_layers"]  # only what the fallback chose stays fp32
+    assert ptq["fp32_layers"] == mixed["fp32_layers"]  # only what the fallback chose stays fp32
     if mixed["all_int8"]["verdict"] == "pass":  # int8 stem: nothing in fp32 unless the gate needs it
         assert mixed["fp32_layers"] == [] and mixed["chosen"] == mixed["all_int8"]
     else:  # it missed on held-out pictures: ranked, and at most --int8-fallback-max layers kept
         assert mixed["ranking"] and len(mixed["units"]) <= 2
-    assert variants["qat"]["qat"]["steps"] == 20 and variants["qat"]["fp32_layers"] == []
+
+
+@pytest.mark.slow
+def test_android_qat_is_not_significantly_less_accurate_than_ptq(trained_ci_checkpoint, ci_android, fashion_test,
+                                                                   tmp_path):
+    """--quant qat fine-tunes (80 steps of 64 real training pictures) from the same calibration as
+    the shared PTQ export; on the 10k test pictures its .pte is not significantly less accurate
+    than the PTQ .pte (paired, one-sided 95 %), and its own drop gate is not failed."""
+    from mbv3_mobile import load_checkpoint
+    from mbv3_mobile.export.executorch.runtime import run_pte_on_dataset
+    from mbv3_mobile.verify.gates import tango_bounds
+
+    out = tmp_path / "dist"
+    settings = ci_exports.cli_args({k: v for k, v in ci_exports.ANDROID.items() if k != "quant"})
+    assert main(["export", "android", "--checkpoint", str(trained_ci_checkpoint), "--quant", "qat", "--qat-steps", "80",
+                 *settings, "--out", str(out), "--quiet"]) == 0
+    manifest = _manifest(out)
+    qat = manifest["variants"]["qat"]
+    assert qat["qat"]["steps"] == 80 and qat["calibration_images"] == 100
+    assert qat["fp32_layers"] == ["features.0.0", "features.1.block.0.0"]  # the same float-stem recipe as PTQ
+    assert all(j["verdict"] != "fail" for j in qat["gate"])
+    pre = load_checkpoint(trained_ci_checkpoint).preprocessing
+    ptq_logits, labels = run_pte_on_dataset(ci_android / "model_int8.pte", fashion_test, pre)
+    qat_logits, _ = run_pte_on_dataset(out / NAME / "model_int8_qat.pte", fashion_test, pre)
+    ptq_ok, qat_ok = ptq_logits.argmax(1) == labels, qat_logits.argmax(1) == labels
+    lower, _ = tango_bounds(int((ptq_ok & ~qat_ok).sum()), int((~ptq_ok & qat_ok).sum()), len(labels))
+    assert lower <= 0.0, (float(qat_ok.float().mean()), float(ptq_ok.float().mean()))
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """int8 PTQ / QAT on the trained CI model (MobileNetV3-Small 0.5 @32, real Fashion-MNIST).
 
-Accuracy is measured on 1000 real test images here (the pipeline measures the full 10k test set).
+Accuracy is measured on 1000 real test images here (the pipeline measures the full 10k test set;
+QAT against PTQ goes through the command: test_commands).
 """
 
 from __future__ import annotations
@@ -11,18 +12,15 @@ import torch
 from mbv3_mobile.data.datasets import BatchTransform, load_fashion_mnist
 from mbv3_mobile.model.checkpoint import load_checkpoint
 from mbv3_mobile.quantize.pt2e import (
-    QATConfig,
     QuantizationError,
     calibration_images,
     predict_logits,
     prepare_qat,
     quantize_ptq,
-    quantize_qat,
     real_images,
     reparameterize_bn_eps,
 )
 from mbv3_mobile.verify.compare import compare_logits
-from mbv3_mobile.verify.gates import tango_bounds
 
 N_EVAL = 1000
 
@@ -60,7 +58,7 @@ def ptq_model(ckpt, calib):
 @pytest.fixture(scope="module")
 def ptq_report(ptq_model, ckpt, eval_set, fp32_logits):
     logits, labels = predict_logits(ptq_model, eval_set, ckpt.preprocessing)
-    return {**compare_logits(fp32_logits[0], logits, labels), "logits": logits}
+    return compare_logits(fp32_logits[0], logits, labels)
 
 
 def test_calibration_uses_real_balanced_training_images(ckpt, train_set):
@@ -143,23 +141,6 @@ def test_ptq_accuracy_close_to_fp32(ptq_report):
     # judged on the 95 % bounds, not the point value: the drop is not significantly above 1 pt
     assert ptq_report["bounds"]["top1_drop"][0] <= 0.01, ptq_report
     assert ptq_report["bounds"]["top1_agreement"][1] >= 0.95, ptq_report
-
-
-@pytest.mark.slow
-def test_qat_is_not_significantly_less_accurate_than_ptq(ckpt, train_set, calib, eval_set, fp32_logits, ptq_report):
-    config = QATConfig(steps=80, batch_size=64, lr=5e-5)
-    qat = quantize_qat(ckpt.model, train_set, ckpt.preprocessing, calib, config, progress=False)
-    logits, labels = predict_logits(qat, eval_set, ckpt.preprocessing)
-    report = compare_logits(fp32_logits[0], logits, labels)
-    # QAT is not significantly worse than PTQ on the same pictures (paired, one-sided 95 %): a
-    # difference of a few pictures either way is noise, not a verdict.
-    ptq_ok = ptq_report["logits"].argmax(1) == labels
-    qat_ok = logits.argmax(1) == labels
-    lower, _ = tango_bounds(int((ptq_ok & ~qat_ok).sum()), int((~ptq_ok & qat_ok).sum()), len(labels))
-    assert lower <= 0.0, (report["top1"], ptq_report["top1"])
-    assert report["bounds"]["top1_drop"][0] <= 0.003, report  # not significantly above the 0.3-pt QAT gate
-    # the input model is untouched (QAT trains a copy)
-    assert all(m.eps == 1e-3 for m in ckpt.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
 
 
 @pytest.mark.slow

@@ -18,15 +18,15 @@ from mbv3_mobile.pipeline import PipelineError, load_pipeline, run_pipeline
 from mbv3_mobile.verify.gates import tango_bounds
 
 pytestmark = pytest.mark.slow
-NAME = "mobilenet_v3_large_100_224px"
+NAME = "mobilenet_v3_small_100_224px"
 
 
 @pytest.fixture(scope="module")
-def torchvision_large(tmp_path_factory) -> Path:
+def torchvision_checkpoint(tmp_path_factory) -> Path:
     from random_torchvision import randomized
 
-    path = tmp_path_factory.mktemp("ckpt") / "mobilenet_v3_large.pth"
-    torch.save(randomized("large"), path)  # a plain torchvision-layout state_dict
+    path = tmp_path_factory.mktemp("ckpt") / "mobilenet_v3_small.pth"
+    torch.save(randomized("small"), path)  # a plain torchvision-layout state_dict
     return path
 
 
@@ -47,17 +47,17 @@ def photo_folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def android_large(torchvision_large, tmp_path_factory):
+def android_torchvision(torchvision_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
-    results = run_pipeline(load_pipeline("android"), {"checkpoint": str(torchvision_large), "out": str(out),
+    results = run_pipeline(load_pipeline("android"), {"checkpoint": str(torchvision_checkpoint), "out": str(out),
                                                       "inconclusive": "fail"}, progress=False)
     return results, out / NAME
 
 
-def test_torchvision_checkpoint_exports_from_sample_photos_with_label_free_gates(android_large):
+def test_torchvision_checkpoint_exports_from_sample_photos_with_label_free_gates(android_torchvision):
     """No --images, no labels: the sample photos calibrate and judge; every label-free gate passes
     (inconclusive would have failed the run: `inconclusive = fail`)."""
-    _, folder = android_large
+    _, folder = android_torchvision
     m = json.loads((folder / "manifest.json").read_text())
     assert m["pictures"]["ptq"]["source"].startswith("sample photos") and not m["pictures"]["ptq"]["labelled"]
     assert m["pictures"]["ptq"]["gate_table"] == "classification.ptq_unlabelled"
@@ -78,9 +78,9 @@ def test_torchvision_checkpoint_exports_from_sample_photos_with_label_free_gates
     assert "createBitmap(picture, (picture.width - side) / 2" in readme and "im.crop((left, top" in readme
 
 
-def test_manifest_preprocessing_reproduces_the_gates_inputs_from_raw_files(torchvision_large, photo_folder, tmp_path):
+def test_manifest_preprocessing_reproduces_the_gates_inputs_from_raw_files(torchvision_checkpoint, photo_folder, tmp_path):
     """From the raw files and the manifest alone, the pixels the gates used (their sha256)."""
-    results = run_pipeline(load_pipeline("onnx"), {"checkpoint": str(torchvision_large), "images": str(photo_folder),
+    results = run_pipeline(load_pipeline("onnx"), {"checkpoint": str(torchvision_checkpoint), "images": str(photo_folder),
                                                    "out": str(tmp_path)}, progress=False)
     m = json.loads((tmp_path / NAME / "manifest.json").read_text())
     used = m["pictures"]["fp32"]
@@ -96,10 +96,10 @@ def test_manifest_preprocessing_reproduces_the_gates_inputs_from_raw_files(torch
     assert results["verify[int8]"].meta["gate"] == "classification.int8_unlabelled"
 
 
-def test_core_ml_package_of_a_torchvision_checkpoint_is_an_imagenet_classifier(torchvision_large, tmp_path):
+def test_core_ml_package_of_a_torchvision_checkpoint_is_an_imagenet_classifier(torchvision_checkpoint, tmp_path):
     import coremltools as ct
 
-    run_pipeline(load_pipeline("ios"), {"checkpoint": str(torchvision_large), "variants": ["fp16"],
+    run_pipeline(load_pipeline("ios"), {"checkpoint": str(torchvision_checkpoint), "variants": ["fp16"],
                                         "executorch_pte": False, "out": str(tmp_path), "inconclusive": "fail"},
                  progress=False)
     folder = tmp_path / NAME
@@ -112,11 +112,11 @@ def test_core_ml_package_of_a_torchvision_checkpoint_is_an_imagenet_classifier(t
     assert len(json.loads(ud["mbv3.labels"])) == 1000 and json.loads(ud["mbv3.preprocessing"])["resize_shorter"] == 256
 
 
-def test_preset_and_options_override_the_guess(torchvision_large, tmp_path):
+def test_preset_and_options_override_the_guess(torchvision_checkpoint, tmp_path):
     from mbv3_mobile.pipeline.runner import preflight
 
     spec = load_pipeline("android")
-    base = {"checkpoint": str(torchvision_large), "out": str(tmp_path)}
+    base = {"checkpoint": str(torchvision_checkpoint), "out": str(tmp_path)}
     from mbv3_mobile.pipeline.checks import export_inputs
 
     assert export_inputs(spec, {**spec.params, **base, "preset": "torchvision-v2"})["preprocessing"].resize_shorter == 232
@@ -181,7 +181,7 @@ def test_bad_picture_folders_are_refused_by_name(trained_ci_checkpoint, tmp_path
     _refused(tmp_path, r"scan.png: more than 8 bits per channel.*convert", checkpoint=ck, images=str(tmp_path / "deep"))
 
 
-def test_bad_labels_checkpoints_and_qat_without_labels(trained_ci_checkpoint, torchvision_large, tmp_path):
+def test_bad_labels_checkpoints_and_qat_without_labels(trained_ci_checkpoint, torchvision_checkpoint, tmp_path):
     labels = tmp_path / "labels.txt"
     labels.write_text("cat\ndog\n")
     _refused(tmp_path, "has 2 lines but the model has 10 outputs", checkpoint=str(trained_ci_checkpoint), labels=str(labels))
@@ -189,17 +189,17 @@ def test_bad_labels_checkpoints_and_qat_without_labels(trained_ci_checkpoint, to
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "bn1.weight": torch.ones(64), "fc.weight": torch.zeros(1000, 512)},
                resnet)
     _refused(tmp_path, "not a MobileNetV3", checkpoint=str(resnet))
-    _refused(tmp_path, "QAT needs labelled training pictures.*--train-data", checkpoint=str(torchvision_large),
+    _refused(tmp_path, "QAT needs labelled training pictures.*--train-data", checkpoint=str(torchvision_checkpoint),
              quant=["fp32", "qat"])
 
 
-def test_bad_input_fails_before_any_stage_runs(torchvision_large, tmp_path, monkeypatch):
+def test_bad_input_fails_before_any_stage_runs(torchvision_checkpoint, tmp_path, monkeypatch):
     """The checks run first: not one stage function is called for bad input."""
     import mbv3_mobile.pipeline.stages as stages
 
     called = []
     monkeypatch.setattr(stages, "resolve_checkpoint", lambda ctx: called.append("resolve"))
-    _refused(tmp_path, "not one of fp32, ptq, qat", checkpoint=str(torchvision_large), quant=["int4"])
-    _refused(tmp_path, "does not exist", checkpoint=str(torchvision_large), images=str(tmp_path / "none"))
+    _refused(tmp_path, "not one of fp32, ptq, qat", checkpoint=str(torchvision_checkpoint), quant=["int4"])
+    _refused(tmp_path, "does not exist", checkpoint=str(torchvision_checkpoint), images=str(tmp_path / "none"))
     assert called == []
     shutil.rmtree(tmp_path / "out", ignore_errors=True)
