@@ -57,7 +57,8 @@ def tests(session: nox.Session) -> None:
     """pytest on every usable core (pytest-xdist, one worker per core, a test file per worker so its
     module fixtures are built once); posargs go to pytest after these, e.g. `nox -s tests -- -m "not
     slow"` (the development loop) or `-- -n 0 -k checkpoint` (one process)."""
-    run(session, str(BIN / "pytest"), "-n", "auto", "--dist", "loadfile", *(session.posargs or ["-q"]))
+    run(session, str(BIN / "pytest"), "-n", "auto", "--dist", "loadfile", "--no-loadscope-reorder",
+        *(session.posargs or ["-q"]))
 
 
 @nox.session

@@ -73,3 +73,18 @@ def edited_pipelines(tmp_path, monkeypatch):
         (copy / file).write_text(text.replace(old, new))
 
     return edit
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest files first (tests/durations.json, seconds per file from a measured run; regenerate
+    with scripts/test_durations.py), order within a file kept. pytest-xdist's loadfile hands files
+    out in this order (`nox -s tests` passes --no-loadscope-reorder), so no long file starts last
+    while the other workers idle. Files not listed yet go first: new tests are often the slow ones."""
+    import json
+
+    costs = json.loads((ROOT / "tests" / "durations.json").read_text())
+    first = {}
+    for i, item in enumerate(items):
+        first.setdefault(item.nodeid.split("::")[0], i)
+    items.sort(key=lambda item: (-costs.get(item.nodeid.split("::")[0], float("inf")),
+                                 first[item.nodeid.split("::")[0]]))

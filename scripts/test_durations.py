@@ -1,0 +1,35 @@
+"""Seconds per test file from a pytest `--durations=0` log -> tests/durations.json, which conftest
+uses to hand the longest files to pytest-xdist's workers first (so no long file starts last).
+
+    pytest -n auto --dist loadfile --durations=0 -q > run.log; python scripts/test_durations.py run.log
+
+Figures are one run on one machine: only their order matters. A shared export's cost lands on the
+file that happened to build it."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+LINE = re.compile(r"^\s*([\d.]+)s (?:call|setup|teardown)\s+(tests/[^:]+)::")
+
+
+def main(log: str) -> None:
+    seconds: Counter[str] = Counter()
+    for line in Path(log).read_text().splitlines():
+        if m := LINE.match(line):
+            seconds[m.group(2)] += float(m.group(1))
+    if not seconds:
+        sys.exit(f"{log}: no `--durations=0` lines (run pytest with --durations=0)")
+    out = Path(__file__).resolve().parents[1] / "tests" / "durations.json"
+    out.write_text(json.dumps({f: round(s, 1) for f, s in seconds.most_common()}, indent=1) + "\n")
+    print(f"{out}: {len(seconds)} files, {sum(seconds.values()):.0f} s in all")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    main(sys.argv[1])
