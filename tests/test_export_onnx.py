@@ -39,6 +39,27 @@ def test_artifacts_manifest_and_figures(onnx_run):
     assert f"setIntraOpNumThreads({picked['recommended']})" in readme and "## Threads" in readme
 
 
+def test_int8_fused_kernels_compute_orts_reference_arithmetic(onnx_run, trained_ci_checkpoint):
+    """The same int8 file must compute the same on every host: ORT's fused u8s8 kernels (what runs)
+    against its reference QDQ arithmetic (graph optimisations off: dequantize, float op, quantize).
+    Full-range weights fail this on x86 CPUs without VNNI, where 16-bit sums saturate (docs/onnx.md)."""
+    import onnxruntime as ort
+
+    from mbv3_mobile.export.onnx.runtime import ort_session, run_onnx
+    from mbv3_mobile.model.checkpoint import load_checkpoint
+    from mbv3_mobile.quantize.pt2e import real_images
+    from mbv3_mobile.verify.compare import compare_logits
+
+    _, _, _, out = onnx_run
+    path = out / "mobilenet_v3_small_050_32px" / "model_int8.onnx"
+    x, _ = real_images(load_checkpoint(trained_ci_checkpoint).preprocessing, 300, split="test")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    reference = run_onnx(ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]), x)
+    fused = compare_logits(reference, run_onnx(ort_session(path), x))
+    assert fused["snr_db"] >= 35.0 and fused["top1_agreement"] >= 0.99, fused
+
+
 def test_rerun_is_cached_and_a_calibration_change_rekeys_only_the_int8_chain(onnx_run):
     spec, params, first, _ = onnx_run
     again = run_pipeline(spec, params, progress=False)

@@ -62,10 +62,11 @@ def quantize(ctx: StageContext) -> dict:
     pre = ctx.resolved.preprocessing
     pics = stage_pictures(ctx, "calib", limit=ctx.params["calib_images"], seed=ctx.params.get("seed", 0))
     fmt, per_channel = ctx.params["int8_format"], ctx.params["int8_per_channel"]
-    ctx.log(f"ORT static int8 ({fmt}, {'per-channel' if per_channel else 'per-tensor'} weights), calibrating on "
-            f"{len(pics)} real pictures from {pics.source}")
+    reduce_range = ctx.params["int8_reduce_range"]
+    weights = f"{'per-channel' if per_channel else 'per-tensor'} {'7-bit' if reduce_range else '8-bit'} weights"
+    ctx.log(f"ORT static int8 ({fmt}, {weights}), calibrating on {len(pics)} real pictures from {pics.source}")
     info = ox.quantize_onnx_int8(src, ctx.out("model"), pics.normalized(pre), quant_format=fmt, per_channel=per_channel,
-                                 calibration_method=ctx.params["int8_calibration"])
+                                 calibration_method=ctx.params["int8_calibration"], reduce_range=reduce_range)
     return {"quantization": {**info, "calibration": pics.describe()}}
 
 
