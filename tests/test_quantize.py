@@ -161,3 +161,25 @@ def test_float_stem_recipe_keeps_the_stem_in_fp32_and_gains_fidelity():
         figures = {stem: compare_logits(ref, graph(x)) for stem, graph in runs.items()}
     assert float_layers(runs[True]) == ["features.0.0", "features.1.block.0.0"] and float_layers(runs[False]) == []
     assert figures[True]["snr_db"] >= figures[False]["snr_db"] + 1.5 and figures[True]["min_cosine"] >= 0.97, figures
+
+
+def test_qat_pattern_passes_run_only_for_conv_kinds_in_the_graph():
+    """torchao's QAT conv+BN helpers (one per conv kind, each tracing its patterns) are skipped for
+    conv kinds the graph lacks, and still run for the ones it has (quantize._qat_patterns)."""
+    import torch.nn.functional as F
+    from torchao.quantization.pt2e import qat_utils
+
+    from mbv3_mobile.quantize._qat_patterns import _skip_absent, only_present_conv_patterns
+
+    graph = torch.export.export(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).eval(),
+                                (torch.randn(1, 3, 8, 8),)).module()
+    ran = []
+    helper = _skip_absent(lambda m, conv_fn, *args: ran.append(conv_fn) or m)
+    for conv_fn in (F.conv1d, F.conv2d, F.conv_transpose1d, F.conv_transpose2d):
+        assert helper(graph, conv_fn, (), False) is graph
+    assert ran == [F.conv2d]
+    original = qat_utils._fold_conv_bn_qat_helper
+    with only_present_conv_patterns() as patched:
+        assert patched, "torchao renamed its QAT conv+BN helpers: the skip is off and QAT exports are slower"
+        assert qat_utils._fold_conv_bn_qat_helper is not original
+    assert qat_utils._fold_conv_bn_qat_helper is original

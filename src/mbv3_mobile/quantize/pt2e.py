@@ -30,6 +30,7 @@ from mbv3_mobile.core.errors import UserError
 from mbv3_mobile.data.datasets import ArrayDataset, BatchTransform, load_fashion_mnist
 from mbv3_mobile.data.preprocess import Preprocessing
 from mbv3_mobile.data.selection import limited
+from mbv3_mobile.quantize._qat_patterns import only_present_conv_patterns
 
 # torchao's PT2E QAT conv+BN patterns hard-code this eps (see the module docstring).
 TORCHAO_QAT_BN_EPS = 1e-5
@@ -288,7 +289,8 @@ def prepare_qat(model: nn.Module, calibration: torch.Tensor, *, batch_size: int 
     if float_stem:
         qat_model = fold_stem_batchnorm(qat_model, _export_for_quantization(qat_model, calibration[:2]))
     graph = _export_for_quantization(qat_model.train(), calibration[:2])
-    prepared = prepare_qat_pt2e(graph, xnnpack_quantizer(qat=True, float_stem=float_stem))
+    with only_present_conv_patterns():
+        prepared = prepare_qat_pt2e(graph, xnnpack_quantizer(qat=True, float_stem=float_stem))
     # Frozen BN statistics (and no dropout) for the whole fine-tune: the fused QAT conv+BN then
     # equals the folded conv that convert_pt2e emits (module docstring).
     move_exported_model_to_eval(prepared)
@@ -352,7 +354,8 @@ def quantize_qat(
     prepared.apply(disable_observer)
     for p in params:
         p.requires_grad_(False)
-    return convert_pt2e(prepared)
+    with only_present_conv_patterns():
+        return convert_pt2e(prepared)
 
 
 # ---------------------------------------------------------------- evaluation and gates
