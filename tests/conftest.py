@@ -75,16 +75,43 @@ def edited_pipelines(tmp_path, monkeypatch):
     return edit
 
 
+# The shared android export (the `ci_android` fixture's settings) takes about this long to build
+# on 2 cores; a second worker that asks for it meanwhile waits on the stage lock (docs/testing.md).
+ANDROID_BUILD_S = 100.0
+
+
+def pytest_itemcollected(item):
+    if "ci_android" in item.fixturenames:
+        item.add_marker("android_export")
+
+
+@pytest.hookimpl(trylast=True)  # after -m / -k deselection: the costs are those of the selected tests
 def pytest_collection_modifyitems(config, items):
-    """Longest files first (tests/durations.json, seconds per file from a measured run; regenerate
-    with scripts/test_durations.py), order within a file kept. pytest-xdist's loadfile hands files
-    out in this order (`nox -s tests` passes --no-loadscope-reorder), so no long file starts last
-    while the other workers idle. Files not listed yet go first: new tests are often the slow ones."""
+    """Files ordered for pytest-xdist's loadfile workers (`nox -s tests` passes --no-loadscope-reorder,
+    so they are handed out in this order): the longest first, a file's cost being the sum of its
+    selected tests' seconds in tests/durations.json (regenerate with scripts/test_durations.py;
+    files with no measured test go first: new tests are often the slow ones). The first file that
+    uses the shared android export (`android_export` marker, or the ci_android fixture) goes first
+    and is followed by about ANDROID_BUILD_S of files that do not, so the other worker has work
+    while it builds instead of waiting on its lock. Order within a file is kept."""
     import json
 
     costs = json.loads((ROOT / "tests" / "durations.json").read_text())
-    first = {}
-    for i, item in enumerate(items):
-        first.setdefault(item.nodeid.split("::")[0], i)
-    items.sort(key=lambda item: (-costs.get(item.nodeid.split("::")[0], float("inf")),
-                                 first[item.nodeid.split("::")[0]]))
+    by_file: dict[str, list] = {}
+    for item in items:
+        by_file.setdefault(item.nodeid.split("::")[0], []).append(item)
+
+    measured = {nodeid.split("::")[0] for nodeid in costs}
+
+    def cost(file: str) -> float:  # a test the log does not list took < 5 ms (pytest's --durations-min)
+        return sum(costs.get(i.nodeid, 0.0) for i in by_file[file]) if file in measured else float("inf")
+
+    longest = sorted(by_file, key=cost, reverse=True)  # stable: collection order among equals
+    android = [f for f in longest if any(i.get_closest_marker("android_export") for i in by_file[f])]
+    order, covered = android[:1], 0.0
+    for file in longest:
+        if android and file not in android and covered < ANDROID_BUILD_S:
+            order.append(file)
+            covered += cost(file)
+    order += [f for f in longest if f not in order]
+    items[:] = [item for file in order for item in by_file[file]]

@@ -10,6 +10,8 @@ import pytest
 from mbv3_mobile.cli import main
 from mbv3_mobile.crossformat import bench
 
+pytestmark = pytest.mark.android_export  # the shared android export: conftest schedules it
+
 # The shared export settings (tests/fixtures/ci_exports.py): their cached stages are reused here.
 FORMAT_PARAMS = {"android_params": ci_exports.ANDROID, "onnx_params": ci_exports.ONNX}
 

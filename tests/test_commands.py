@@ -12,6 +12,8 @@ from PIL import Image
 from mbv3_mobile.cli import main
 from mbv3_mobile.core.hashing import sha256_file
 
+pytestmark = pytest.mark.android_export  # the shared android export: conftest schedules it
+
 NAME = ci_exports.NAME
 # the shared export settings as options: the command reuses their cached stages
 ANDROID = ci_exports.cli_args(ci_exports.ANDROID)

@@ -8,6 +8,8 @@ import pytest
 from mbv3_mobile.pipeline import PipelineError, load_pipeline, run_pipeline
 from mbv3_mobile.pipeline.runner import plan_pipeline
 
+pytestmark = pytest.mark.android_export  # the shared android export: conftest schedules it
+
 
 @pytest.fixture(scope="module")
 def android_run(trained_ci_checkpoint, tmp_path_factory):

@@ -10,6 +10,8 @@ from mbv3_mobile.crossformat.parity import run_parity
 from mbv3_mobile.pipeline import GateFailure, PipelineError
 from mbv3_mobile.verify.gates import tango_bounds, wilson_bounds
 
+pytestmark = pytest.mark.android_export  # the shared android export: conftest schedules it
+
 # The shared export settings (tests/fixtures/ci_exports.py), so their cached stages are reused here
 # (QAT is tested in test_quantize; on 300 images an int8 drop gate of 0.5 pt is 1.5 images).
 FORMAT_PARAMS = {
