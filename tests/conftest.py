@@ -103,7 +103,7 @@ def pytest_collection_modifyitems(config, items):
 
     measured = {nodeid.split("::")[0] for nodeid in costs}
 
-    def cost(file: str) -> float:  # a test the log does not list took < 5 ms (pytest's --durations-min)
+    def cost(file: str) -> float:  # a test the logs do not list counts 0 s (new, or under --durations-min)
         return sum(costs.get(i.nodeid, 0.0) for i in by_file[file]) if file in measured else float("inf")
 
     longest = sorted(by_file, key=cost, reverse=True)  # stable: collection order among equals
