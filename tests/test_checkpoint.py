@@ -32,6 +32,20 @@ def test_own_checkpoint_round_trip_is_bit_exact(tmp_path):
     assert not list(tmp_path.glob(".*tmp"))  # atomic write left no temp file
 
 
+
+def test_saving_the_same_model_writes_the_same_bytes(tmp_path):
+    """Cache keys cover their inputs' bytes: a re-saved checkpoint (the pipelines' resolve stage)
+    must not re-key everything built on it. safetensors orders the metadata differently per save."""
+    import hashlib
+
+    m = build_model(arch="small", width=0.5, num_classes=3)
+    pre, labels = Preprocessing(resolution=32), ["a", "b", "c"]
+    digests = {hashlib.sha256(save_checkpoint(tmp_path / f"{i}.safetensors", m, preprocessing=pre, labels=labels,
+                                              extra={"note": 1}).read_bytes()).hexdigest() for i in range(8)}
+    assert len(digests) == 1
+    ck = load_checkpoint(tmp_path / "0.safetensors")
+    assert ck.preprocessing == pre and ck.labels == labels and ck.extra == {"note": 1} and _same_weights(ck.model, m)
+
 def test_torchvision_pth_loads_strict(tmp_path):
     m = build_model(arch="large", width=0.75)
     torch.save(m.state_dict(), tmp_path / "tv.pth")

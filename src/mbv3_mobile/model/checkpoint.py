@@ -345,7 +345,7 @@ def save_checkpoint(
     """Write weights + config + preprocessing + labels as one .safetensors file, atomically.
     `weights_dtype` (e.g. torch.float16) stores floating tensors in that type (half the bytes);
     loading casts them back to the model's float32."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -364,5 +364,21 @@ def save_checkpoint(
         tensors = {k: v.to(weights_dtype) if v.is_floating_point() else v for k, v in tensors.items()}
         meta["weights_dtype"] = str(weights_dtype).removeprefix("torch.")
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        tmp.write_bytes(_with_sorted_metadata(save(tensors, metadata=meta)))
     return path
+
+
+def _with_sorted_metadata(data: bytes) -> bytes:
+    """`data` (a .safetensors file) with its metadata entries in sorted order. safetensors writes
+    them from a Rust HashMap, in an order that changes with every process: the same model would
+    give new bytes on every save, and every cache key built on them would change. Same length:
+    only the order of the entries changes (the header is compact JSON, padded with spaces)."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    if not header.get("__metadata__"):
+        return data
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > size:  # an escaping this module does not write itself; keep safetensors' bytes
+        return data
+    return data[:8] + text.ljust(size, b" ") + data[8 + size:]
