@@ -49,6 +49,7 @@ class BlockSpec:
     use_se: bool
     activation: Activation
     stride: int
+    dilation: int = 1  # > 1: the depthwise conv is dilated and its stride dropped (segmentation)
 
     def scaled(self, width: float) -> BlockSpec:
         return replace(
@@ -65,6 +66,11 @@ class BlockSpec:
     @property
     def se_channels(self) -> int:
         return make_divisible(self.exp_ch // 4, 8)
+
+    @property
+    def output_stride(self) -> int:
+        """How much this row downsamples: its stride unless dilated in place of striding."""
+        return 1 if self.dilation > 1 else self.stride
 
 
 #            in  k  exp  out  SE     NL    s
@@ -102,6 +108,17 @@ SMALL_ROWS = (
 # penultimate fully connected width (Table 1: 1280, Table 2: 1024).
 _ARCH_ROWS = {"large": LARGE_ROWS, "small": SMALL_ROWS}
 _HEAD_CH = {"large": 1280, "small": 1024}
+# The last stage: the three rows the paper's segmentation models change (section 6.3): "reduced
+# tail" halves their channels (all but the first row's input and expansion), "dilated" replaces
+# their stride-2 downsampling with dilation 2 (output stride 16, as torchvision's backbones do).
+TAIL_ROWS = 3
+
+
+def _reduce_tail(rows: list[BlockSpec]) -> list[BlockSpec]:
+    first, *rest = rows[-TAIL_ROWS:]
+    tail = [replace(first, out_ch=first.out_ch // 2)]
+    tail += [replace(r, in_ch=r.in_ch // 2, exp_ch=r.exp_ch // 2, out_ch=r.out_ch // 2) for r in rest]
+    return rows[:-TAIL_ROWS] + tail
 
 
 @dataclass(frozen=True)
@@ -113,6 +130,8 @@ class ModelConfig:
     num_classes: int = 1000
     dropout: float = 0.2
     minimal: bool = False
+    dilated: bool = False  # last stage dilated instead of strided: output stride 16 (segmentation)
+    reduced_tail: bool = False  # last stage at half the channels (the paper's segmentation backbone)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -129,10 +148,16 @@ class ModelConfig:
     @property
     def name(self) -> str:
         tag = "_minimal" if self.minimal else ""
-        return f"mobilenet_v3_{self.arch}{tag}_{int(round(self.width * 100)):03d}"
+        tail = ("_reduced" if self.reduced_tail else "") + ("_dilated" if self.dilated else "")
+        return f"mobilenet_v3_{self.arch}{tag}_{int(round(self.width * 100)):03d}{tail}"
 
     def blocks(self) -> tuple[BlockSpec, ...]:
-        rows = [row.scaled(self.width) for row in _ARCH_ROWS[self.arch]]
+        rows = list(_ARCH_ROWS[self.arch])
+        if self.reduced_tail:
+            rows = _reduce_tail(rows)
+        if self.dilated:
+            rows = rows[:-TAIL_ROWS] + [replace(r, dilation=2) for r in rows[-TAIL_ROWS:]]
+        rows = [row.scaled(self.width) for row in rows]
         if self.minimal:
             rows = [row.minimal() for row in rows]
         return tuple(rows)
@@ -147,21 +172,24 @@ class ModelConfig:
 
     @property
     def head_ch(self) -> int:
-        # torchvision scales the penultimate FC with the width; keep its layout exactly.
-        return make_divisible(_HEAD_CH[self.arch] * self.width)
+        # torchvision scales the penultimate FC with the width (halved with the tail); keep its layout.
+        return make_divisible(_HEAD_CH[self.arch] // (2 if self.reduced_tail else 1) * self.width)
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "arch": self.arch,
             "width": self.width,
             "num_classes": self.num_classes,
             "dropout": self.dropout,
             "minimal": self.minimal,
         }
+        # only when set: a classifier's config (and every file that records it) stays as it was
+        out.update({k: True for k in ("dilated", "reduced_tail") if getattr(self, k)})
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
-        known = {"arch", "width", "num_classes", "dropout", "minimal"}
+        known = {"arch", "width", "num_classes", "dropout", "minimal", "dilated", "reduced_tail"}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown model config keys {sorted(unknown)}; expected {sorted(known)}")

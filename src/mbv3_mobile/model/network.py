@@ -33,9 +33,11 @@ class ConvBNAct(nn.Sequential):
         stride: int = 1,
         groups: int = 1,
         activation: type[nn.Module] | None = nn.ReLU,
+        dilation: int = 1,
     ) -> None:
         layers: list[nn.Module] = [
-            nn.Conv2d(in_ch, out_ch, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+            nn.Conv2d(in_ch, out_ch, kernel, stride, (kernel - 1) // 2 * dilation, dilation=dilation, groups=groups,
+                      bias=False),
             BatchNorm(out_ch),
         ]
         if activation is not None:
@@ -68,9 +70,8 @@ class InvertedResidual(nn.Module):
         layers: list[nn.Module] = []
         if spec.exp_ch != spec.in_ch:
             layers.append(ConvBNAct(spec.in_ch, spec.exp_ch, 1, activation=act))
-        layers.append(
-            ConvBNAct(spec.exp_ch, spec.exp_ch, spec.kernel, spec.stride, spec.exp_ch, activation=act)
-        )
+        layers.append(ConvBNAct(spec.exp_ch, spec.exp_ch, spec.kernel, spec.output_stride, spec.exp_ch, activation=act,
+                                dilation=spec.dilation))
         if spec.use_se:
             layers.append(SqueezeExcitation(spec.exp_ch, spec.se_channels))
         layers.append(ConvBNAct(spec.exp_ch, spec.out_ch, 1, activation=None))
@@ -83,16 +84,23 @@ class InvertedResidual(nn.Module):
         return out + x if self.use_res_connect else out
 
 
+def build_features(config: ModelConfig) -> nn.Sequential:
+    """The backbone: stem, the bottleneck rows, the last 1x1 conv (`features.N` in torchvision);
+    the classifier and the task heads sit on it."""
+    blocks = config.blocks()
+    hs = nn.ReLU if config.minimal else nn.Hardswish
+    layers: list[nn.Module] = [ConvBNAct(3, config.stem_ch, 3, stride=2, activation=hs)]
+    layers += [InvertedResidual(spec) for spec in blocks]
+    layers.append(ConvBNAct(blocks[-1].out_ch, config.last_conv_ch, 1, activation=hs))
+    return nn.Sequential(*layers)
+
+
 class MobileNetV3(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        blocks = config.blocks()
         hs = nn.ReLU if config.minimal else nn.Hardswish
-        layers: list[nn.Module] = [ConvBNAct(3, config.stem_ch, 3, stride=2, activation=hs)]
-        layers += [InvertedResidual(spec) for spec in blocks]
-        layers.append(ConvBNAct(blocks[-1].out_ch, config.last_conv_ch, 1, activation=hs))
-        self.features = nn.Sequential(*layers)
+        self.features = build_features(config)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(
             nn.Linear(config.last_conv_ch, config.head_ch),
