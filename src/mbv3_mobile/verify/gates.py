@@ -11,7 +11,9 @@ from dataclasses import dataclass
 CONFIDENCE = 0.95  # one-sided, for every bound
 _Z = 1.6448536269514722  # standard normal quantile at CONFIDENCE
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
-RATE_FIGURES = ("top1_agreement", "top1_drop", "snr_db")
+# judged on their bounds: classification's (Wilson, Tango, bootstrap) and segmentation's (bootstrap
+# over pictures, tasks/segmentation/figures.py)
+RATE_FIGURES = ("top1_agreement", "top1_drop", "snr_db", "pixel_agreement", "miou_drop")
 
 
 @dataclass(frozen=True)
@@ -126,8 +128,8 @@ def pictures_needed(figures: dict, rule: GateRule, *, limit_n: int = 10_000_000)
             return wilson_bounds(c["agree"] * k, n * k)[0] >= rule.limit
         if rule.figure == "top1_drop":
             return tango_bounds(c["only_reference"] * k, c["only_candidate"] * k, n * k)[1] <= rule.limit
-        # snr: the bound's distance from the value shrinks as 1/sqrt(n)
-        lo, hi = figures["bounds"]["snr_db"]
+        # a bootstrap bound: its distance from the value shrinks as 1/sqrt(n)
+        lo, hi = figures["bounds"][rule.figure]
         return (value - (value - lo) / math.sqrt(k) >= rule.limit) if rule.op == ">=" else \
             (value + (hi - value) / math.sqrt(k) <= rule.limit)
     lo_k, hi_k = 1.0, 2.0
@@ -169,9 +171,10 @@ def format_value(figure: str, value) -> str:
     """A figure's value as the reports write it: rates in %, drops in pt, SNR in dB."""
     if value is None:
         return "–"
-    if figure in ("top1_agreement", "top1", "reference_top1"):
+    if figure in ("top1_agreement", "top1", "reference_top1", "pixel_agreement", "min_picture_agreement",
+                  "pixel_accuracy", "reference_pixel_accuracy", "miou", "reference_miou"):
         return f"{100 * value:.2f} %"
-    if figure == "top1_drop":
+    if figure in ("top1_drop", "miou_drop"):
         return f"{100 * value:+.2f} pt"
     if figure == "snr_db":
         return "inf dB" if value == math.inf else f"{value:.1f} dB"

@@ -1,0 +1,199 @@
+"""How a segmentation model's exports are judged: a candidate's per-pixel logits against eager
+fp32's on the same pictures, streamed one batch at a time (memory grows with the classes, not with
+the pictures), then figures with one-sided 95 % bounds.
+
+    images, pixels        pictures compared, pixels counted (labelled: the non-ignored ones)
+    pixel_agreement       share of those pixels whose argmax class is the reference's
+    min_picture_agreement the worst picture's pixel agreement (judged on the value)
+    snr_db                logits SNR, pooled over every pixel of every picture
+    max_abs_dlogit        max |candidate - reference| over every logit
+    reference_miou, miou  mean IoU over the classes present (labelled pictures only)
+    miou_drop             reference_miou - miou, paired (labelled pictures only; mIoU over the
+                          classes present in the true masks, the same classes for both)
+    reference_pixel_accuracy, pixel_accuracy, per_class_iou, reference_per_class_iou
+
+Bounds are over pictures, not pixels: the pixels of one picture are not independent (a wrong
+object boundary moves thousands of them together), so a binomial bound over pixels would be far
+too narrow. Each bound is a seeded paired bootstrap (BCa) that resamples whole pictures and recomputes
+the figure from the resampled counts (mIoU from summed confusion matrices, agreement and SNR as
+ratios of sums). No library computes a picture-clustered bound of mIoU, hence this module; the
+IoU arithmetic itself is the standard confusion-matrix one (as torchvision's reference scripts).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from statistics import NormalDist
+
+import numpy as np
+import torch
+
+from mbv3_mobile.verify.gates import CONFIDENCE, format_value
+
+IGNORE = 255  # VOC / Cityscapes: pixels labelled 255 count for nothing
+KEYS = ("images", "pixels", "pixel_agreement", "min_picture_agreement", "snr_db", "max_abs_dlogit")
+LABELLED_KEYS = ("miou", "reference_miou", "miou_drop", "pixel_accuracy", "reference_pixel_accuracy")
+BOOTSTRAP_REPS = 1000
+
+
+@dataclass
+class MaskComparison:
+    """Per-picture sums, added batch by batch (`add`), turned into figures by `figures()`."""
+
+    num_classes: int
+    pixels: list[int] = field(default_factory=list)
+    agree: list[int] = field(default_factory=list)
+    signal: list[float] = field(default_factory=list)
+    noise: list[float] = field(default_factory=list)
+    max_abs: float = 0.0
+    abs_sum: float = 0.0
+    logits: int = 0
+    confusion_ref: list[np.ndarray] = field(default_factory=list)  # per picture: C x C, [truth, predicted]
+    confusion_cand: list[np.ndarray] = field(default_factory=list)
+
+    @torch.no_grad()
+    def add(self, reference: torch.Tensor, candidate: torch.Tensor, masks: torch.Tensor | None = None) -> None:
+        """One batch: logits N x C x H x W of both, and optionally the true masks N x H x W."""
+        if reference.shape != candidate.shape:
+            raise ValueError(f"logit shapes differ: reference {tuple(reference.shape)}, candidate {tuple(candidate.shape)}")
+        if reference.dim() != 4 or reference.shape[1] != self.num_classes:
+            raise ValueError(f"expected N x {self.num_classes} x H x W logits, got {tuple(reference.shape)}")
+        ref, cand = reference.double(), candidate.double()
+        diff = (cand - ref).abs()
+        self.max_abs = max(self.max_abs, float(diff.max()))
+        self.abs_sum += float(diff.sum())
+        self.logits += diff.numel()
+        ref_cls, cand_cls = ref.argmax(1), cand.argmax(1)
+        if masks is not None:
+            if masks.shape != ref_cls.shape:
+                raise ValueError(f"masks are {tuple(masks.shape)}, the logits' pictures {tuple(ref_cls.shape)}")
+            masks = masks.long()
+            valid = masks != IGNORE
+        else:
+            valid = torch.ones_like(ref_cls, dtype=torch.bool)
+        for i in range(len(ref)):
+            v = valid[i]
+            self.pixels.append(int(v.sum()))
+            self.agree.append(int((ref_cls[i] == cand_cls[i])[v].sum()))
+            self.signal.append(float((ref[i] ** 2).sum()))
+            self.noise.append(float(((cand[i] - ref[i]) ** 2).sum()))
+            if masks is not None:
+                truth = masks[i][v]
+                self.confusion_ref.append(_confusion(truth, ref_cls[i][v], self.num_classes))
+                self.confusion_cand.append(_confusion(truth, cand_cls[i][v], self.num_classes))
+
+    def figures(self, *, reps: int = BOOTSTRAP_REPS, seed: int = 0) -> dict:
+        n = len(self.pixels)
+        if n == 0:
+            raise ValueError("no pictures were compared")
+        pixels, agree = np.array(self.pixels, np.float64), np.array(self.agree, np.float64)
+        signal, noise = np.array(self.signal), np.array(self.noise)
+        per_picture = np.divide(agree, pixels, out=np.ones_like(agree), where=pixels > 0)
+        fig: dict = {
+            "images": n, "pixels": int(pixels.sum()),
+            "pixel_agreement": float(agree.sum() / max(pixels.sum(), 1)),
+            "min_picture_agreement": float(per_picture.min()),
+            "snr_db": _db(signal.sum(), noise.sum()),
+            "max_abs_dlogit": self.max_abs, "mean_abs_dlogit": self.abs_sum / max(self.logits, 1),
+            "labelled": bool(self.confusion_ref),
+        }
+        # the same resampled pictures for every figure: paired, and the verdict is seeded
+        weights = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=reps).astype(np.float64)
+        bounds = {"pixel_agreement": _bca(lambda t: t[:, 0] / np.maximum(t[:, 1], 1), np.stack([agree, pixels], 1), weights),
+                  "snr_db": _bca(lambda t: 10 * np.log10(np.maximum(t[:, 0], 1e-300) / np.maximum(t[:, 1], 1e-300)),
+                                 np.stack([signal, noise], 1), weights)}
+        if noise.sum() <= 0:
+            bounds["snr_db"] = [fig["snr_db"], fig["snr_db"]]
+        counts: dict = {"agree": int(agree.sum()), "pixels": int(pixels.sum())}
+        if self.confusion_ref:
+            c = self.num_classes
+            ref_conf = np.stack(self.confusion_ref).reshape(n, c * c).astype(np.float64)
+            cand_conf = np.stack(self.confusion_cand).reshape(n, c * c).astype(np.float64)
+            ref_total, cand_total = ref_conf.sum(0).reshape(c, c), cand_conf.sum(0).reshape(c, c)
+            fig.update(reference_miou=float(miou(ref_total)), miou=float(miou(cand_total)),
+                       reference_pixel_accuracy=_accuracy(ref_total), pixel_accuracy=_accuracy(cand_total),
+                       reference_per_class_iou=_listed(iou_per_class(ref_total)),
+                       per_class_iou=_listed(iou_per_class(cand_total)))
+            fig["miou_drop"] = fig["reference_miou"] - fig["miou"]
+            bounds["miou_drop"] = _bca(lambda t: miou(t[:, : c * c].reshape(-1, c, c)) - miou(t[:, c * c:].reshape(-1, c, c)),
+                                       np.concatenate([ref_conf, cand_conf], 1), weights)
+        fig["counts"], fig["bounds"], fig["confidence"] = counts, bounds, CONFIDENCE
+        fig["bootstrap"] = {"reps": reps, "seed": seed, "over": "pictures"}
+        return fig
+
+
+def compare_masks(reference: torch.Tensor, candidate: torch.Tensor, masks: torch.Tensor | None = None) -> dict:
+    """Every figure of `candidate` against `reference` (N x C x H x W logits) in one call."""
+    comparison = MaskComparison(reference.shape[1])
+    comparison.add(reference, candidate, masks)
+    return comparison.figures()
+
+
+compare = compare_masks
+
+
+def _confusion(truth: torch.Tensor, predicted: torch.Tensor, c: int) -> np.ndarray:
+    if truth.numel() and int(truth.max()) >= c:
+        raise ValueError(f"a mask holds class {int(truth.max())}, but the model has {c} classes")
+    return torch.bincount(truth * c + predicted, minlength=c * c).reshape(c, c).numpy()
+
+
+def iou_per_class(confusion: np.ndarray) -> np.ndarray:
+    """IoU of each class from [..., truth, predicted] confusion matrices; NaN for a class absent
+    from the truth (it takes no part in the mean, for either model: the drop is paired)."""
+    tp = np.diagonal(confusion, axis1=-2, axis2=-1)
+    union = confusion.sum(-2) + confusion.sum(-1) - tp
+    present = confusion.sum(-1) > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(present, tp / np.where(union > 0, union, 1), np.nan)
+
+
+def miou(confusion: np.ndarray) -> np.ndarray:
+    """Mean IoU over the classes present in the truth (of each matrix in a stack)."""
+    return np.nanmean(iou_per_class(confusion), axis=-1)
+
+
+def _accuracy(confusion: np.ndarray) -> float:
+    return float(np.trace(confusion) / max(confusion.sum(), 1))
+
+
+def _listed(values: np.ndarray) -> list[float | None]:
+    return [None if math.isnan(v) else float(v) for v in values]
+
+
+def _bca(statistic, rows: np.ndarray, weights: np.ndarray) -> list[float]:
+    """One-sided (lower, upper) bounds of `statistic` (of summed per-picture rows) by the bias-
+    corrected and accelerated bootstrap: the plain percentile bootstrap misses ~11 % instead of 5 %
+    on 60 pictures with a skewed share of bad pixels (tests/test_segmentation_figures.py). Hand-written
+    because scipy.stats.bootstrap's BCa jackknife builds n x (n - 1) resamples; for sums the
+    leave-one-out values are the total minus one row, O(n)."""
+    total = rows.sum(0)
+    value = float(statistic(total[None])[0])
+    boot = statistic(weights @ rows)
+    if np.ptp(boot) == 0:
+        return [value, value]
+    reps = len(boot)
+    share = np.clip(np.mean(boot < value) + 0.5 * np.mean(boot == value), 0.5 / reps, 1 - 0.5 / reps)
+    z0 = NormalDist().inv_cdf(float(share))
+    jack = statistic(total[None] - rows)
+    d = jack.mean() - jack
+    accel = float((d**3).sum() / (6 * max((d**2).sum(), 1e-300) ** 1.5))
+    out = []
+    for q in (1 - CONFIDENCE, CONFIDENCE):
+        z = NormalDist().inv_cdf(q)
+        out.append(float(np.quantile(boot, NormalDist().cdf(z0 + (z0 + z) / (1 - accel * (z0 + z))))))
+    return out
+
+
+def _db(signal: float, noise: float) -> float:
+    return math.inf if noise <= 0 else 10.0 * math.log10(max(signal, 1e-300) / noise)
+
+
+_TEXT_KEYS = ("images", "pixels", "miou", "reference_miou", "miou_drop", "pixel_agreement", "min_picture_agreement",
+              "snr_db", "max_abs_dlogit")
+
+
+def text(figures: dict) -> str:
+    """Indented `name value` lines, for a gate-failure message."""
+    return "\n".join(f"  {k:<22} {format_value(k, figures[k])}" for k in _TEXT_KEYS if k in figures)
