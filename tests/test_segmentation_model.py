@@ -87,3 +87,41 @@ def test_config_round_trips_and_names_the_variant():
         SegmentationConfig.from_dict({**cfg.to_dict(), "aux_loss": True})
     with pytest.raises(ConfigError, match="width"):
         SegmentationConfig(width=0.6)
+
+
+def test_checkpoints_round_trip_and_torchvisions_pth_loads_with_its_variant_read_from_the_shapes(tmp_path):
+    from mbv3_mobile.data.preprocess import Preprocessing
+    from mbv3_mobile.model.checkpoint import CheckpointError, load_checkpoint
+    from mbv3_mobile.tasks.segmentation.checkpoint import load_segmentation_checkpoint, save_segmentation_checkpoint
+
+    model = _ours("small_0.75_reduced")
+    fill_deterministic(model)
+    pre = Preprocessing(resolution=64)
+    path = save_segmentation_checkpoint(tmp_path / "seg.safetensors", model, preprocessing=pre,
+                                        labels=[f"c{i}" for i in range(21)])
+    ck = load_segmentation_checkpoint(path)
+    assert ck.config == model.config and ck.preprocessing == pre and ck.extra["task"] == "segmentation"
+    assert all(torch.equal(a, b) for a, b in zip(ck.model.state_dict().values(), model.state_dict().values()))
+    with pytest.raises(CheckpointError, match="is a segmentation checkpoint, not a classifier: use --task segmentation"):
+        load_checkpoint(path)
+    # torchvision's file: a plain state_dict saved with torch.save (loaded weights-only)
+    torch.save(model.state_dict(), tmp_path / "tv.pth")
+    tv = load_segmentation_checkpoint(tmp_path / "tv.pth")
+    assert tv.config == model.config and tv.source == "torchvision"
+    x = deterministic_input(64)
+    with torch.no_grad():
+        assert torch.equal(tv.model(x), model.eval()(x))
+
+
+def test_a_classifier_needs_init_backbone_to_become_a_segmentation_model(tmp_path):
+    from mbv3_mobile.model.checkpoint import CheckpointError
+    from mbv3_mobile.tasks.segmentation.checkpoint import load_segmentation_checkpoint
+
+    classifier = mobilenet_v3_small(width=0.5)
+    torch.save(classifier.state_dict(), tmp_path / "cls.pth")
+    with pytest.raises(CheckpointError, match="classification checkpoint, not a segmentation one: pass --init-backbone"):
+        load_segmentation_checkpoint(tmp_path / "cls.pth")
+    ck = load_segmentation_checkpoint(tmp_path / "cls.pth", init_backbone=True,
+                                      config=SegmentationConfig(num_classes=11))
+    assert (ck.config.arch, ck.config.width, ck.config.num_classes) == ("small", 0.5, 11)
+    assert torch.equal(ck.model.backbone[3].block[0][0].weight, classifier.features[3].block[0][0].weight)

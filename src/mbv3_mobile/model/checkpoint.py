@@ -51,8 +51,8 @@ class CheckpointError(UserError, ValueError):
 
 @dataclass
 class Checkpoint:
-    model: MobileNetV3
-    config: ModelConfig
+    model: MobileNetV3  # or a task's network on this backbone (tasks/<task>/checkpoint.py)
+    config: ModelConfig  # or that task's config
     preprocessing: Preprocessing | None = None
     labels: list[str] | None = None
     extra: dict = field(default_factory=dict)
@@ -273,6 +273,9 @@ def load_checkpoint(
     state_dict, meta = read_state_dict(path)
     requested = _requested(config, arch, width, num_classes)
     if meta.get("format") == FORMAT_TAG:
+        task = json.loads(meta.get("extra", "{}")).get("task", "classification")
+        if task != "classification":
+            raise CheckpointError(f"{path} is a {task} checkpoint, not a classifier: use --task {task}")
         own = ModelConfig.from_dict(json.loads(meta["config"]))
         _check_request(own, requested, path)
         check_layout(state_dict, own, what=str(path))
