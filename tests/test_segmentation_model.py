@@ -56,10 +56,10 @@ def test_head_taps_output_strides_8_and_16():
         assert low.shape[-1] == 128 // 8 and high.shape[-1] == 128 // 16
 
 
-def test_exports_without_graph_breaks_and_matches_eager():
+def test_torch_export_program_matches_eager():
     model = _ours("small_0.5_reduced").eval()
     x = torch.randn(1, 3, 96, 96)
-    program = torch.export.export(model, (x,), strict=True)
+    program = torch.export.export(model, (x,))  # what every format starts from
     with torch.no_grad():
         assert torch.allclose(program.module()(x), model(x), atol=1e-5)
 
