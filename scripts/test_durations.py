@@ -23,7 +23,9 @@ def main(logs: list[str]) -> None:
     seconds: Counter[str] = Counter()
     for log in logs:
         this: Counter[str] = Counter()
-        for line in Path(log).read_text().splitlines():
+        if not Path(log).is_file():
+            sys.exit(f"{log}: no such log file (write one with pytest --durations=0 --durations-min=0 > run.log)")
+        for line in Path(log).read_text(errors="replace").splitlines():
             if m := LINE.match(line):
                 this[m.group(2)] += float(m.group(1))
         if not this:
@@ -36,6 +38,6 @@ def main(logs: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
         sys.exit(__doc__)
     main(sys.argv[1:])
