@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,10 +128,16 @@ def detect_source(state_dict: dict[str, torch.Tensor]) -> str:
 # ---------------------------------------------------------------- layout checks
 
 
-def _layout(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+def state_layout(build: Callable[[], torch.nn.Module]) -> dict[str, tuple[int, ...]]:
+    """{key: shape} of the state_dict of the model `build()` makes, built on the meta device (no
+    memory, no initialisation): what a file must hold to load into it."""
     with torch.device("meta"):
-        model = build_model(config)
+        model = build()
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _layout(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    return state_layout(lambda: build_model(config))
 
 
 def guess_config(state_dict: dict[str, torch.Tensor]) -> ModelConfig | None:

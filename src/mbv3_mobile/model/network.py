@@ -84,6 +84,22 @@ class InvertedResidual(nn.Module):
         return out + x if self.use_res_connect else out
 
 
+def init_like_torchvision(module: nn.Module) -> None:
+    """torchvision's MobileNetV3 initialisation of every conv, BN and linear layer in `module`, so
+    from-scratch runs match the reference recipe."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
 def build_features(config: ModelConfig) -> nn.Sequential:
     """The backbone: stem, the bottleneck rows, the last 1x1 conv (`features.N` in torchvision);
     the classifier and the task heads sit on it."""
@@ -111,18 +127,7 @@ class MobileNetV3(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # torchvision's initialisation, so from-scratch runs match the reference recipe.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_like_torchvision(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.avgpool(self.features(x)), 1)

@@ -68,7 +68,7 @@ def min_cosine(reference: torch.Tensor, candidate: torch.Tensor) -> float:
 def snr_db(reference: torch.Tensor, candidate: torch.Tensor) -> float:
     """Signal-to-noise ratio of the logits in dB, pooled over pictures (as quantization tools report)."""
     signal, noise = _snr_terms(reference, candidate)
-    return _db(signal.sum(), noise.sum())
+    return power_ratio_db(signal.sum(), noise.sum())
 
 
 def top1_agreement(reference: torch.Tensor, candidate: torch.Tensor) -> float:
@@ -84,7 +84,8 @@ def _snr_terms(reference: torch.Tensor, candidate: torch.Tensor) -> tuple[np.nda
     return (ref**2).sum(1).numpy(), ((candidate.double() - ref) ** 2).sum(1).numpy()
 
 
-def _db(signal: float, noise: float) -> float:
+def power_ratio_db(signal: float, noise: float) -> float:
+    """10 log10(signal / noise); inf when there is no noise."""
     if noise <= 0:
         return math.inf
     return 10.0 * math.log10(max(signal, 1e-300) / noise)

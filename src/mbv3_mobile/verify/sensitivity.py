@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mbv3_mobile.verify.compare import Candidate, _db
+from mbv3_mobile.verify.compare import Candidate, power_ratio_db
 from mbv3_mobile.verify.drift import eager_module_outputs, folded_batchnorm
 
 # The modules whose outputs say something (containers repeat their last child's value).
@@ -56,13 +56,13 @@ def layer_fidelity(model: torch.nn.Module, entry: Candidate, images: torch.Tenso
     order = [p for p in eager_order if isinstance(modules.get(p), KINDS)]
     out = []
     for path in (p for p in order if p in sums):
-        snr = _db(*sums[path])
+        snr = power_ratio_db(*sums[path])
         j = order.index(path) - 1
         while j >= 0 and order[j] not in sums and _folded(modules, order, j):
             j -= 1  # a conv folded into its BN reports nothing: its input is the module before it
         before = order[j] if j >= 0 else None
         feeds = before in sums and not isinstance(modules[before], torch.nn.Hardsigmoid)
-        prev = _db(*sums[before]) if feeds else math.nan
+        prev = power_ratio_db(*sums[before]) if feeds else math.nan
         entered = prev - snr if math.isfinite(prev) and math.isfinite(snr) else math.nan
         out.append(LayerFidelity(path, type(modules[path]).__name__, snr, entered))
     return out

@@ -18,6 +18,7 @@ from mbv3_mobile.model.checkpoint import (
     load_checkpoint,
     read_state_dict,
     save_checkpoint,
+    state_layout,
 )
 from mbv3_mobile.model.config import ARCHS, WIDTHS
 from mbv3_mobile.tasks.segmentation.network import LRASPP, SegmentationConfig
@@ -27,9 +28,7 @@ _SHOW = 5
 
 
 def _layout(config: SegmentationConfig) -> dict[str, tuple[int, ...]]:
-    with torch.device("meta"):
-        model = LRASPP(config)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return state_layout(lambda: LRASPP(config))
 
 
 def guess_config(state_dict: dict[str, torch.Tensor]) -> SegmentationConfig | None:

@@ -29,6 +29,7 @@ from statistics import NormalDist
 import numpy as np
 import torch
 
+from mbv3_mobile.verify.compare import power_ratio_db
 from mbv3_mobile.verify.gates import CONFIDENCE, format_value
 
 IGNORE = 255  # VOC / Cityscapes: pixels labelled 255 count for nothing
@@ -94,7 +95,7 @@ class MaskComparison:
             "images": n, "pixels": int(pixels.sum()),
             "pixel_agreement": float(agree.sum() / max(pixels.sum(), 1)),
             "min_picture_agreement": float(per_picture.min()),
-            "snr_db": _db(signal.sum(), noise.sum()),
+            "snr_db": power_ratio_db(signal.sum(), noise.sum()),
             "max_abs_dlogit": self.max_abs, "mean_abs_dlogit": self.abs_sum / max(self.logits, 1),
             "labelled": bool(self.confusion_ref),
         }
@@ -184,10 +185,6 @@ def _bca(statistic, rows: np.ndarray, weights: np.ndarray) -> list[float]:
         z = NormalDist().inv_cdf(q)
         out.append(float(np.quantile(boot, NormalDist().cdf(z0 + (z0 + z) / (1 - accel * (z0 + z))))))
     return out
-
-
-def _db(signal: float, noise: float) -> float:
-    return math.inf if noise <= 0 else 10.0 * math.log10(max(signal, 1e-300) / noise)
 
 
 _TEXT_KEYS = ("images", "pixels", "miou", "reference_miou", "miou_drop", "pixel_agreement", "min_picture_agreement",

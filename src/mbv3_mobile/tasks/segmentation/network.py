@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from mbv3_mobile.core.errors import ConfigError
 from mbv3_mobile.model.config import ModelConfig
-from mbv3_mobile.model.network import build_features
+from mbv3_mobile.model.network import build_features, init_like_torchvision
 
 VOC_CLASSES = 21  # torchvision's default head: Pascal VOC's 20 classes + background
 
@@ -104,14 +104,7 @@ class LRASPP(nn.Module):
     def reset_parameters(self) -> None:
         # torchvision initialises the backbone as a classifier does and leaves the head at
         # PyTorch's defaults; the same here, so from-scratch runs start alike.
-        for m in self.backbone.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_like_torchvision(self.backbone)
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(low, high) backbone features: output strides 8 and 16."""
