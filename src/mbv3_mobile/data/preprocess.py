@@ -32,6 +32,17 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 INTERPOLATIONS = ("bilinear", "bicubic")
 
 
+def resize_and_crop(image, shorter: int, resolution: int, resample):
+    """torchvision's Resize(shorter) then CenterCrop(resolution) on a PIL image, with `resample`
+    (a mask needs NEAREST: its values are class indices)."""
+    w, h = image.size
+    size = (shorter, int(shorter * h / w)) if w <= h else (int(shorter * w / h), shorter)  # torchvision Resize(int)
+    image = image.resize(size, resample)
+    w, h = image.size
+    top, left = int(round((h - resolution) / 2.0)), int(round((w - resolution) / 2.0))  # CenterCrop
+    return image.crop((left, top, left + resolution, top + resolution))
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """Picture -> float tensor NCHW: geometry (see the module docstring), scale to [0, 1], subtract
@@ -110,13 +121,7 @@ class Preprocessing:
         rgb = image.convert("RGB")
         if not self.resize_shorter:
             return rgb.resize((self.resolution, self.resolution), resample)
-        w, h = rgb.size
-        s = self.resize_shorter
-        size = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)  # torchvision Resize(int)
-        rgb = rgb.resize(size, resample)
-        w, h = rgb.size
-        top, left = int(round((h - self.resolution) / 2.0)), int(round((w - self.resolution) / 2.0))  # CenterCrop
-        return rgb.crop((left, top, left + self.resolution, top + self.resolution))
+        return resize_and_crop(rgb, self.resize_shorter, self.resolution, resample)
 
     def picture(self, image) -> torch.Tensor:
         """A PIL image -> (3, R, R) normalised float32 tensor: what an app must feed the model."""

@@ -22,6 +22,7 @@ import torch
 from mbv3_mobile.core.atomic import atomic_dir
 from mbv3_mobile.data.datasets import FASHION_MNIST_LABELS, IMAGE_SUFFIXES, DataError, load_fashion_mnist
 from mbv3_mobile.data.decode import _mode_problem
+from mbv3_mobile.data.preprocess import resize_and_crop
 
 IGNORE_INDEX = 255  # a mask value meaning "no label here": the loss and the metrics skip it
 MASK_MODES = ("L", "P")  # one 8-bit channel; for "P" the palette index itself is the class
@@ -178,15 +179,6 @@ def scan_segmentation_folder(root: str | os.PathLike) -> SegmentationScan:
     return SegmentationScan(root=root, pairs=pairs, labels=labels)
 
 
-def _fit(image, resolution: int, resample):
-    """Shorter side to `resolution` (torchvision's rounding), then the central square crop."""
-    w, h = image.size
-    size = (resolution, int(resolution * h / w)) if w <= h else (int(resolution * w / h), resolution)
-    image = image.resize(size, resample)
-    left, top = int(round((size[0] - resolution) / 2.0)), int(round((size[1] - resolution) / 2.0))
-    return image.crop((left, top, left + resolution, top + resolution))
-
-
 def load_segmentation_folder(root: str | os.PathLike, resolution: int, *, limit: int | None = None,
                              seed: int = 0) -> SegmentationArrays:
     """Every pair (or `limit` of them, picked with `seed`, in order) decoded once at R x R: images
@@ -223,8 +215,8 @@ def load_segmentation_folder(root: str | os.PathLike, resolution: int, *, limit:
             raise SegmentationDataError(f"mask {mask_path} holds class index {int(bad.max())} but {scan.root}/labels.txt "
                                         f"names {n} classes (indices 0..{n - 1}, {IGNORE_INDEX} = ignore): fix the "
                                         "mask, or add the missing class names to labels.txt")
-        images[i] = torch.from_numpy(np.asarray(_fit(rgb, r, Image.BILINEAR)).transpose(2, 0, 1).copy())
-        masks[i] = torch.from_numpy(np.asarray(_fit(Image.fromarray(mask), r, Image.NEAREST)).copy())
+        images[i] = torch.from_numpy(np.asarray(resize_and_crop(rgb, r, r, Image.BILINEAR)).transpose(2, 0, 1).copy())
+        masks[i] = torch.from_numpy(np.asarray(resize_and_crop(Image.fromarray(mask), r, r, Image.NEAREST)).copy())
     files = [image.relative_to(scan.root).as_posix() for image, _ in pairs]
     return SegmentationArrays(images=images, masks=masks, labels=scan.labels, files=files)
 
