@@ -119,7 +119,7 @@ def test_a_classifier_needs_init_backbone_to_become_a_segmentation_model(tmp_pat
 
     classifier = mobilenet_v3_small(width=0.5)
     torch.save(classifier.state_dict(), tmp_path / "cls.pth")
-    with pytest.raises(CheckpointError, match="classification checkpoint, not a segmentation one: pass --init-backbone"):
+    with pytest.raises(CheckpointError, match="classification checkpoint, not a segmentation one: give it as --init-backbone"):
         load_segmentation_checkpoint(tmp_path / "cls.pth")
     ck = load_segmentation_checkpoint(tmp_path / "cls.pth", init_backbone=True,
                                       config=SegmentationConfig(num_classes=11))

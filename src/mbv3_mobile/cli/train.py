@@ -8,17 +8,23 @@ OPTIMIZERS = ("adamw", "sgd", "rmsprop")
 
 
 def register(sub) -> None:
-    from mbv3_mobile.train.loop import STATE_FILE, TrainConfig
+    from mbv3_mobile.train.loop import STATE_FILE, TASKS, TrainConfig
 
-    p = sub.add_parser("train", help="train or fine-tune on Fashion-MNIST or an ImageFolder tree (torchrun-ready)",
-                       description="Train from scratch, or fine-tune from any checkpoint (--init-checkpoint). "
+    p = sub.add_parser("train", help="train or fine-tune a classifier or an LR-ASPP segmenter (torchrun-ready)",
+                       description="Train from scratch, or fine-tune from any checkpoint (--init-checkpoint); "
+                                   "--task segmentation trains LR-ASPP on image + mask folders, optionally from a "
+                                   "classifier's backbone (--init-backbone). "
                                    "Runs under `torchrun --nproc-per-node N -m mbv3_mobile train ...` with DDP.")
     d = TrainConfig()
+    p.add_argument("--task", default=d.task, choices=TASKS, help=f"what the network learns (default: {d.task})")
     p.add_argument("--out", dest="out_dir", default=d.out_dir, metavar="DIR",
                    help=f"run folder: state, metrics, curves, model.safetensors (default: {d.out_dir})")
     p.add_argument("--dataset", default=d.dataset, metavar="DATA",
-                   help="'fashion-mnist' or an ImageFolder root (ROOT/<class>/*.jpg) (default: fashion-mnist)")
-    p.add_argument("--val-dataset", default=None, metavar="DIR", help="ImageFolder root for validation (default: a split of train)")
+                   help="classification: 'fashion-mnist' or an ImageFolder root (ROOT/<class>/*.jpg); segmentation: "
+                        "a root with images/, masks/ (class index per pixel, 255 = ignore) and labels.txt, or "
+                        "'composite' (the offline test bed) (default: fashion-mnist)")
+    p.add_argument("--val-dataset", default=None, metavar="DIR",
+                   help="a folder of the same kind for validation (default: a split of train)")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, metavar="X",
                    help=f"held-out share of train for validation, 0..1 (default: {d.val_fraction:.4f})")
     p.add_argument("--arch", default=None, choices=ARCHS, help="architecture (default: small, or the --init-checkpoint's)")
@@ -40,7 +46,7 @@ def register(sub) -> None:
     p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, metavar="X",
                    help=f"linear warm-up length in epochs, then per-step cosine (default: {d.warmup_epochs})")
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing, metavar="X",
-                   help=f"label smoothing, 0..1 (default: {d.label_smoothing})")
+                   help="label smoothing, 0..1 (default: 0.1 for classification, 0 for segmentation)")
     p.add_argument("--ema-decay", type=float, default=d.ema_decay, metavar="X",
                    help=f"EMA of weights per step; 0 disables it (default: {d.ema_decay})")
     p.add_argument("--dropout", type=float, default=d.dropout, metavar="X", help=f"dropout before the last layer (default: {d.dropout})")
@@ -57,7 +63,11 @@ def register(sub) -> None:
                         f"(default: {d.bn_recalibration_images})")
     p.add_argument("--init-checkpoint", default=None, metavar="FILE",
                    help="fine-tune from this checkpoint (ours, torchvision or timm); new head if the classes differ")
-    p.add_argument("--freeze-backbone", action="store_true", help="train the classifier only (with --init-checkpoint)")
+    p.add_argument("--init-backbone", default=None, metavar="FILE",
+                   help="segmentation: start the backbone from this classifier (ours, torchvision or timm; same arch "
+                        "and width; 'embedded:default' = the shipped one), the LR-ASPP head from scratch")
+    p.add_argument("--freeze-backbone", action="store_true",
+                   help="train the head only (with --init-checkpoint or --init-backbone)")
     p.add_argument("--strict-images", action="store_true", help="fail on unreadable images instead of skipping them")
     p.add_argument("--num-workers", type=int, default=d.num_workers, metavar="N", help=f"data-loader workers (default: {d.num_workers})")
     p.add_argument("--processes", type=int, default=d.processes, metavar="N",
@@ -74,7 +84,6 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from mbv3_mobile.core.errors import UserError
-    from mbv3_mobile.model.checkpoint import load_checkpoint
     from mbv3_mobile.train.loop import TrainConfig, train
 
     fields = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
@@ -89,21 +98,41 @@ def run(args) -> int:
                             f"{', '.join('--' + k.replace('_', '-') for k in changed) or '--resume'} "
                             f"(or omit --recipe). Recipes: {', '.join(RECIPES)}")
         path, summary = reproduce_recipe(args.recipe, progress=fields["progress"])
-        val = f"val top-1 {100 * summary['val_top1']:.2f} %" if summary.get("val_top1") is not None else "trained"
-        print(f"[mbv3] recipe {args.recipe!r}: {path} ({val})")
+        print(f"[mbv3] recipe {args.recipe!r}: {path} ({_headline(summary) or 'trained'})")
         return 0
     arch_fields = ("arch", "width", "minimal")
-    if args.init_checkpoint and any(fields[k] is None for k in arch_fields):
-        cfg = load_checkpoint(args.init_checkpoint).config
+    start = args.init_checkpoint or args.init_backbone
+    if start and any(fields[k] is None for k in arch_fields):
+        cfg = _start_config(args)
         fields.update({k: getattr(cfg, k) for k in arch_fields if fields[k] is None})
     defaults = TrainConfig()
     fields.update({k: getattr(defaults, k) for k in arch_fields if fields[k] is None})
     result = train(TrainConfig(**fields), resume=args.resume)
     s = result.summary
     if s:
-        print(f"[mbv3] {result.checkpoint}: val top-1 {100 * s['val_top1']:.2f} % after {s['epochs']} epochs "
+        print(f"[mbv3] {result.checkpoint}: {_headline(s)} after {s['epochs']} epochs "
               f"({s['train_seconds']:.0f} s training, {s['images_per_second']:.0f} images/s)")
     return 0
+
+
+def _headline(summary: dict) -> str:
+    """The figure a run is judged by: validation mIoU (segmentation) or top-1 (classification)."""
+    for key, name in (("val_miou", "val mIoU"), ("val_top1", "val top-1")):
+        if summary.get(key) is not None:
+            return f"{name} {100 * summary[key]:.2f} %"
+    return ""
+
+
+def _start_config(args):
+    """The arch/width/minimal of the checkpoint a run starts from (read, not trusted: the loader checks it)."""
+    from mbv3_mobile.model.checkpoint import load_checkpoint
+    from mbv3_mobile.train.shipped import resolve
+
+    if args.task == "segmentation" and args.init_checkpoint:
+        from mbv3_mobile.tasks.segmentation.checkpoint import load_segmentation_checkpoint
+
+        return load_segmentation_checkpoint(args.init_checkpoint).config
+    return load_checkpoint(resolve(args.init_checkpoint or args.init_backbone)).config
 
 
 

@@ -54,6 +54,28 @@ class SegmentationArrays:
     def __len__(self) -> int:
         return len(self.images)
 
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index], self.masks[index]
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.labels
+
+    def subset(self, indices) -> SegmentationArrays:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return SegmentationArrays(self.images[idx], self.masks[idx], self.labels, [self.files[i] for i in idx.tolist()])
+
+    def split(self, fraction: float, seed: int = 0) -> tuple[SegmentationArrays, SegmentationArrays]:
+        """(rest, held out): a seeded random `fraction` of the pictures held out, at least one."""
+        if not 0.0 < fraction < 1.0:
+            raise SegmentationDataError(f"validation fraction must be in (0, 1), got {fraction}")
+        if len(self) < 2:
+            raise SegmentationDataError(f"{len(self)} picture cannot be split into training and validation: add "
+                                        "pictures or pass a validation folder")
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        held = min(max(1, int(round(len(self) * fraction))), len(self) - 1)
+        return self.subset(order[held:].sort().values), self.subset(order[:held].sort().values)
+
 
 # ---------------------------------------------------------------- a user's folder
 
@@ -221,6 +243,33 @@ def load_segmentation_folder(root: str | os.PathLike, resolution: int, *, limit:
     return SegmentationArrays(images=images, masks=masks, labels=scan.labels, files=files)
 
 
+# ---------------------------------------------------------------- augmentation
+
+
+def augment_pairs(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator | None, *,
+                  translate: float = 0.125, scale: tuple[float, float] = (0.75, 1.25)) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same random flip, zoom (`scale`) and shift (up to `translate` of the side) applied to float
+    images (N, 3, H, W) and their masks (N, H, W): images bilinear with edge pixels repeated, masks
+    nearest, and pixels that come from outside the picture labelled IGNORE_INDEX (no label invented).
+    Plain torch (affine_grid / grid_sample): torchvision is unusable beside the pinned torch."""
+    import torch.nn.functional as F
+
+    n = len(images)
+    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+    zoom = scale[0] + (scale[1] - scale[0]) * torch.rand(n, generator=generator)
+    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * 2 * translate  # grid units: the side is 2
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = flip / zoom
+    theta[:, 1, 1] = 1 / zoom
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    x = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    # masks shifted by one so that "outside" (zero padding) is told apart from class 0
+    m = F.grid_sample((masks.float() + 1).unsqueeze(1), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    m = m.squeeze(1).long() - 1
+    return x, m.masked_fill(m < 0, IGNORE_INDEX)
+
+
 # ---------------------------------------------------------------- the composite test bed
 
 
@@ -294,3 +343,23 @@ def make_composite_dataset(out_dir: str | os.PathLike, *, count: int, resolution
                  "photos": {e["file"]: e["licence"] for _, e in photos}, "pictures": records}
         (tmp / "composite.json").write_text(json.dumps(about, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     return Path(out_dir)
+
+
+def composite_folder(cache: str | os.PathLike, *, split: str, count: int, resolution: int, seed: int = 0,
+                     progress: bool = False) -> Path:
+    """The composite dataset for these arguments under `cache`/data, written on first use (under a
+    lock: parallel training processes write it once) and reused; its name covers the generator's code."""
+    import fcntl
+
+    from mbv3_mobile.core.code import code_fingerprint
+
+    code = code_fingerprint(__name__)[:10]
+    folder = Path(cache) / "data" / f"composite-{split}-{count}x{resolution}px-seed{seed}-{code}"
+    if (folder / "composite.json").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "composite.json").is_file():
+            make_composite_dataset(folder, count=count, resolution=resolution, split=split, seed=seed, progress=progress)
+    return folder

@@ -38,7 +38,9 @@ def _log(progress: bool, line: str) -> None:
         print(line, flush=True)
 
 
-def plot_curves(metrics: list[dict], path: Path) -> None:
+def plot_curves(metrics: list[dict], path: Path, curves: dict) -> None:
+    """Loss (left) and the task's rates (right) per epoch; `curves` names them (a trainer's CURVES:
+    loss axis label, train-rate label, {validation key: label}, rate axis label)."""
     if not metrics:
         return
     import matplotlib
@@ -49,15 +51,16 @@ def plot_curves(metrics: list[dict], path: Path) -> None:
 
     epochs = [m["epoch"] for m in metrics]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(epochs, [m["train_loss"] for m in metrics], marker="o", label="train (with label smoothing)")
+    ax1.plot(epochs, [m["train_loss"] for m in metrics], marker="o", label="train")
     ax1.plot(epochs, [m["val_loss"] for m in metrics], marker="o", label="val")
     ax1.set_xlabel("epoch")
-    ax1.set_ylabel("cross-entropy loss")
+    ax1.set_ylabel(curves["loss"])
     ax1.legend()
-    ax2.plot(epochs, [100 * m["train_acc"] for m in metrics], marker="o", label="train top-1 (augmented)")
-    ax2.plot(epochs, [100 * m["val_top1"] for m in metrics], marker="o", label="val top-1")
+    ax2.plot(epochs, [100 * m["train_acc"] for m in metrics], marker="o", label=curves["train"])
+    for key, label in curves["val"].items():
+        ax2.plot(epochs, [100 * m[key] for m in metrics], marker="o", label=label)
     ax2.set_xlabel("epoch")
-    ax2.set_ylabel("accuracy (%)")
+    ax2.set_ylabel(curves["axis"])
     ax2.legend()
     for ax in (ax1, ax2):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -65,5 +68,3 @@ def plot_curves(metrics: list[dict], path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
-
-

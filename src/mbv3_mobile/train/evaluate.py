@@ -22,7 +22,7 @@ from mbv3_mobile.data.datasets import (
 )
 from mbv3_mobile.data.preprocess import Preprocessing
 from mbv3_mobile.model.checkpoint import load_checkpoint
-from mbv3_mobile.train.loop import accuracy, predict_logits
+from mbv3_mobile.train.classification import accuracy, predict_logits
 
 REPORT_FILE = "eval.json"
 CONFUSION_FILE = "confusion.png"

@@ -1,4 +1,6 @@
-"""Training and fine-tuning on real images, single process or torchrun/DDP, resumable.
+"""Training and fine-tuning on real images, single process or torchrun/DDP, resumable, for every
+task that has a trainer module (`train.classification`, `train.segmentation`: its data, model,
+loss, validation figures and checkpoint); this loop is the part they share.
 
 Recipe (torchvision/timm spirit, all configurable): AdamW (or SGD / RMSprop), linear warmup then
 cosine decay per step, label smoothing, no weight decay on norm/bias, EMA of weights (evaluated and
@@ -22,7 +24,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,20 +34,9 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from mbv3_mobile.core.atomic import atomic_path, write_text_atomic
 from mbv3_mobile.core.errors import ConfigError, UserError
-from mbv3_mobile.data.datasets import (
-    FASHION_MNIST_NAMES,
-    ArrayDataset,
-    BatchTransform,
-    ImageFolderDataset,
-    balanced_subset,
-    fashion_mnist_preprocessing,
-    load_fashion_mnist,
-    train_val_split,
-)
+from mbv3_mobile.data.datasets import BatchTransform
 from mbv3_mobile.data.preprocess import Preprocessing
-from mbv3_mobile.model.checkpoint import load_checkpoint, save_checkpoint
 from mbv3_mobile.model.config import ModelConfig, check_resolution
-from mbv3_mobile.model.network import MobileNetV3, build_model
 from mbv3_mobile.train.artifacts import _log, _progress, _write_metrics, plot_curves
 from mbv3_mobile.train.distributed import _check_ranks_agree, _dist_setup, _sync_epoch_end
 
@@ -53,6 +44,7 @@ STATE_FILE = "last.state.pt"
 FINAL_FILE = "model.safetensors"
 SUMMARY_FILE = "summary.json"
 OPTIMIZERS = ("adamw", "sgd", "rmsprop")
+TASKS = ("classification", "segmentation")  # the tasks with a trainer module
 # Settings that may change between a run and its resume without changing its result.
 RESUME_FREE_FIELDS = frozenset({"out_dir", "progress", "num_workers"})
 
@@ -60,8 +52,9 @@ RESUME_FREE_FIELDS = frozenset({"out_dir", "progress", "num_workers"})
 @dataclass
 class TrainConfig:
     out_dir: str = "runs/train"
-    dataset: str = "fashion-mnist"  # or an ImageFolder root
-    val_dataset: str | None = None  # ImageFolder root for validation; default: a split of train
+    task: str = "classification"  # or "segmentation" (LR-ASPP)
+    dataset: str = "fashion-mnist"  # or an ImageFolder root; segmentation: a images/ + masks/ root or "composite"
+    val_dataset: str | None = None  # a folder for validation; default: a split of train
     arch: str = "small"
     width: float = 1.0
     minimal: bool = False
@@ -74,7 +67,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     momentum: float = 0.9
     warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
+    label_smoothing: float | None = None  # None: the task's default (classification 0.1, segmentation 0)
     ema_decay: float = 0.999  # 0 disables EMA
     dropout: float = 0.2
     augment: bool = True  # random flip + translation
@@ -84,7 +77,8 @@ class TrainConfig:
     seed: int = 0
     val_fraction: float = 1 / 12
     max_train_images: int | None = None  # a balanced subset, for quick runs
-    init_checkpoint: str | None = None  # fine-tune from any supported checkpoint
+    init_checkpoint: str | None = None  # fine-tune from any supported checkpoint of the task
+    init_backbone: str | None = None  # segmentation: start the backbone from a classification checkpoint
     freeze_backbone: bool = False
     strict_images: bool = False
     num_workers: int = 0
@@ -106,7 +100,17 @@ class TrainConfig:
             (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
             (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
             (self.warmup_epochs >= 0, f"warmup epochs must be >= 0, got {self.warmup_epochs}"),
-            (0 <= self.label_smoothing < 1, f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (self.task in TASKS, f"unknown training task {self.task!r}: use {', '.join(TASKS)}"),
+            (self.label_smoothing is None or 0 <= self.label_smoothing < 1,
+             f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (self.init_backbone is None or self.task == "segmentation",
+             "--init-backbone starts a segmentation backbone from a classifier; for classification use --init-checkpoint"),
+            (not (self.init_backbone and self.init_checkpoint),
+             "give --init-checkpoint (a segmentation checkpoint to fine-tune) or --init-backbone (a classifier), not both"),
+            (self.task != "segmentation" or self.random_erasing == 0,
+             "random erasing would hide pixels the masks still label: it is for classification only"),
+            (not self.freeze_backbone or self.init_checkpoint or self.init_backbone,
+             "--freeze-backbone needs trained weights to freeze: add --init-checkpoint (or --init-backbone)"),
             (0 <= self.ema_decay < 1, f"EMA decay must be in [0, 1) (0 disables it), got {self.ema_decay}"),
             (0 <= self.translate < 0.5, f"translation must be a fraction of the side in [0, 0.5), got {self.translate}"),
             (0 <= self.random_erasing <= 1, f"random erasing probability must be in [0, 1], got {self.random_erasing}"),
@@ -129,7 +133,7 @@ class TrainResult:
     checkpoint: Path
     metrics: list[dict]
     out_dir: Path
-    model: MobileNetV3 | None = None  # the evaluated/exported model (EMA + recalibrated BN), on CPU
+    model: nn.Module | None = None  # the evaluated/exported model (EMA + recalibrated BN), on CPU
     summary: dict = field(default_factory=dict)
 
 
@@ -140,62 +144,16 @@ def _epoch_seed(cfg: TrainConfig, epoch: int, rank: int) -> int:
     return ((cfg.seed * 1_000_003 + epoch) * 1_009 + rank) % (2**63)
 
 
-# ---------------------------------------------------------------- data
-
-
-def _datasets(cfg: TrainConfig) -> tuple[ArrayDataset, ArrayDataset, Preprocessing]:
-    if cfg.dataset in FASHION_MNIST_NAMES:
-        full = load_fashion_mnist("train")
-        train_ds, val_ds = train_val_split(full, cfg.val_fraction, seed=cfg.seed)
-        pre = fashion_mnist_preprocessing(cfg.resolution)
-    else:
-        folder = ImageFolderDataset(cfg.dataset, cfg.resolution, strict=cfg.strict_images)
-        if cfg.val_dataset:
-            val = ImageFolderDataset(cfg.val_dataset, cfg.resolution, strict=cfg.strict_images)
-            if val.classes != folder.classes:
-                raise UserError(f"validation classes {list(val.classes)} differ from training classes "
-                                f"{list(folder.classes)}; both trees need the same class folders")
-            train_ds, val_ds = folder.to_arrays(), val.to_arrays()
-        else:
-            train_ds, val_ds = train_val_split(folder.to_arrays(), cfg.val_fraction, seed=cfg.seed)
-        # ImageNet statistics: the usual choice for natural RGB images (and for transfer learning).
-        pre = Preprocessing(resolution=cfg.resolution)
-    if cfg.max_train_images and cfg.max_train_images < len(train_ds):
-        train_ds = balanced_subset(train_ds, max(1, cfg.max_train_images // len(train_ds.classes)), seed=cfg.seed)
-    if len(val_ds) == 0:
-        raise UserError(f"no validation images: {cfg.dataset} is too small to split off a validation set; "
-                        "add images or pass --val-dataset")
-    return train_ds, val_ds, pre
-
-
 # ---------------------------------------------------------------- model / optimiser
 
 
-def _make_model(cfg: TrainConfig, classes: list[str]) -> MobileNetV3:
-    """From scratch, or from `init_checkpoint` with a new head when the classes differ."""
-    if not cfg.init_checkpoint:
-        return build_model(arch=cfg.arch, width=cfg.width, num_classes=len(classes), dropout=cfg.dropout,
-                           minimal=cfg.minimal)
-    ckpt = load_checkpoint(cfg.init_checkpoint)
-    c = ckpt.config
-    if (c.arch, c.width, c.minimal) != (cfg.arch, cfg.width, cfg.minimal):
-        raise UserError(
-            f"--init-checkpoint {cfg.init_checkpoint} is {c.name} (arch={c.arch}, width={c.width}, "
-            f"minimal={c.minimal}), but the run asks for arch={cfg.arch} width={cfg.width} minimal={cfg.minimal}; "
-            "pass matching --arch/--width/--minimal (the CLI takes them from the checkpoint when omitted)"
-        )
-    model = ckpt.model
-    same_classes = c.num_classes == len(classes) and (ckpt.labels is None or list(ckpt.labels) == list(classes))
-    if not same_classes:
-        model.reset_classifier(len(classes))  # transfer learning: a fresh last layer for the new classes
-    model.config = replace(model.config, dropout=cfg.dropout)
-    model.classifier[2].p = cfg.dropout
-    return model.train()
-
-
-def _freeze_backbone(model: MobileNetV3) -> None:
-    for p in model.features.parameters():
-        p.requires_grad_(False)
+def task_trainer(task: str):
+    """The module that knows a task's data, model, loss, validation figures and checkpoint."""
+    if task == "segmentation":
+        from mbv3_mobile.train import segmentation as trainer
+    else:
+        from mbv3_mobile.train import classification as trainer
+    return trainer
 
 
 def _ema_with_warmup(decay: float):
@@ -250,28 +208,6 @@ def _make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoc
 # ---------------------------------------------------------------- evaluation helpers
 
 
-@torch.no_grad()
-def predict_logits(model: nn.Module, dataset, preprocessing: Preprocessing, *, batch_size: int = 256,
-                   device: torch.device | str = "cpu", channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels for a whole dataset, in dataset order."""
-    model.eval()
-    transform = BatchTransform(preprocessing)
-    outs, labels = [], []
-    for images, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        x = transform(images).to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        outs.append(model(x).float().cpu())
-        labels.append(y)
-    return torch.cat(outs), torch.cat(labels)
-
-
-def accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int = 1) -> float:
-    k = min(k, logits.shape[1])
-    topk = logits.topk(k, dim=1).indices
-    return (topk == labels.view(-1, 1)).any(dim=1).float().mean().item()
-
-
 def _recalibrated(model: nn.Module, dataset, pre: Preprocessing, cfg: TrainConfig, device) -> nn.Module:
     """An eval-mode copy whose BN running statistics are recomputed exactly (cumulative mean) on
     un-augmented training images.
@@ -282,11 +218,11 @@ def _recalibrated(model: nn.Module, dataset, pre: Preprocessing, cfg: TrainConfi
     computed with the checkpoint's statistics, and changing them would shift its inputs.
     """
     model_copy = copy.deepcopy(model)
-    n = min(cfg.bn_recalibration_images, len(dataset))
+    n = min(cfg.bn_recalibration_images, len(dataset.images))
     if n <= 0 or cfg.freeze_backbone:
         return model_copy.eval()
     gen = torch.Generator().manual_seed(cfg.seed)
-    idx = torch.randperm(len(dataset), generator=gen)[:n].sort().values
+    idx = torch.randperm(len(dataset.images), generator=gen)[:n].sort().values
     transform = BatchTransform(pre)
     batches = (transform(dataset.images[idx[s : s + 256]]).to(device) for s in range(0, n, 256))
     torch.optim.swa_utils.update_bn(batches, model_copy)
@@ -330,9 +266,8 @@ def _launch_workers(cfg: TrainConfig, resume: bool) -> TrainResult:
 
     out = Path(cfg.out_dir)
     _check_out_dir(out, resume)
-    for folder in (cfg.dataset, cfg.val_dataset):  # the common mistake, reported before any worker starts
-        if folder and folder not in FASHION_MNIST_NAMES and not Path(folder).is_dir():
-            raise UserError(f"dataset {folder!r} is neither 'fashion-mnist' nor an ImageFolder directory")
+    trainer = task_trainer(cfg.task)
+    trainer.check_dataset(cfg)  # the common mistakes, reported before any worker starts
     threads = max(1, (os.cpu_count() or 1) // cfg.processes)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(cfg.processes),
            "-m", "mbv3_mobile.train.loop", json.dumps(asdict(cfg))] + (["--resume"] if resume else [])
@@ -349,7 +284,7 @@ def _launch_workers(cfg: TrainConfig, resume: bool) -> TrainResult:
         raise UserError(f"the {cfg.processes} training processes failed (exit {code}); their messages are above")
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     final = out / FINAL_FILE
-    return TrainResult(checkpoint=final, metrics=metrics, out_dir=out, model=load_checkpoint(final).model,
+    return TrainResult(checkpoint=final, metrics=metrics, out_dir=out, model=trainer.load(final),
                        summary=json.loads((out / SUMMARY_FILE).read_text()))
 
 
@@ -359,19 +294,20 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.
     state_path = out / STATE_FILE
     _check_out_dir(out, resume)
     state = _load_state(state_path, cfg, world, device) if resume else None
-    train_ds, val_ds, pre = _datasets(cfg)
-    classes = list(train_ds.classes)
+    trainer = task_trainer(cfg.task)
+    train_ds, val_ds, pre, classes = trainer.datasets(cfg)
     if cfg.num_classes is not None and cfg.num_classes != len(classes):
         raise UserError(f"--num-classes {cfg.num_classes} but {cfg.dataset} has {len(classes)} classes "
                         f"({', '.join(classes[:10])}); the head is sized by the data: omit --num-classes")
 
     torch.manual_seed(cfg.seed)  # identical initialisation (and new heads) on every rank and rerun
     if state is None:
-        model = _make_model(cfg, classes)
+        model = trainer.make_model(cfg, classes)
     else:  # the architecture only: weights come from the state (the init checkpoint may be gone)
-        model = build_model(ModelConfig.from_dict(state["model_config"]))
+        model = trainer.model_from_config(state["model_config"])
     if cfg.freeze_backbone:
-        _freeze_backbone(model)
+        for p in trainer.backbone(model).parameters():
+            p.requires_grad_(False)
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -394,8 +330,8 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    transform = BatchTransform(pre, augment=cfg.augment, translate=cfg.translate, random_erasing=cfg.random_erasing)
+    criterion = trainer.criterion(cfg)
+    transform = trainer.train_transform(cfg, pre)
     if main:
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "train_config.json", cfg.to_json())
@@ -416,15 +352,17 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.
         loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers)
         net.train()
         if cfg.freeze_backbone:
-            model.features.eval()  # frozen backbone: keep its BN statistics as loaded
+            trainer.backbone(model).eval()  # frozen backbone: keep its BN statistics as loaded
         t0 = time.perf_counter()
-        stats = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, seen (no per-step sync)
+        # loss sum, correct, counted (pictures or labelled pixels), pictures: summed, no per-step sync
+        stats = torch.zeros(4, dtype=torch.float64, device=device)
         bar = _progress(loader, enabled=show, desc=f"epoch {epoch + 1}/{cfg.epochs}", position=1, leave=False)
-        for step, (images, labels) in enumerate(bar):
-            x = transform(images, aug_gen).to(device, non_blocking=True)
+        for step, (images, targets) in enumerate(bar):
+            x, y = transform(images, targets, aug_gen)
+            x = x.to(device, non_blocking=True)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            y = labels.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
             logits = net(x)
             loss = criterion(logits, y)
             opt.zero_grad(set_to_none=True)
@@ -434,31 +372,30 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.
             if ema is not None:
                 ema.update_parameters(model)
             with torch.no_grad():
+                right, counted = trainer.correct(logits, y)
                 stats[0] += loss.detach().double() * len(y)
-                stats[1] += (logits.argmax(1) == y).sum()
-                stats[2] += len(y)
+                stats[1] += right
+                stats[2] += counted
+                stats[3] += len(y)
             if show and step % 20 == 0:
-                bar.set_postfix(loss=f"{stats[0] / stats[2]:.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+                bar.set_postfix(loss=f"{stats[0] / stats[3]:.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
         if world > 1:
             _sync_epoch_end(model, ema, stats)
         stats = stats.cpu()
         train_seconds = time.perf_counter() - t0
         row = {
             "epoch": epoch + 1,
-            "train_loss": (stats[0] / stats[2]).item(),
+            "train_loss": (stats[0] / stats[3]).item(),
             "train_acc": (stats[1] / stats[2]).item(),
         }
         if main:
             eval_model = _recalibrated(ema.module if ema is not None else model, train_ds, pre, cfg, device)
-            val_logits, val_labels = predict_logits(eval_model, val_ds, pre, device=device)
             row.update(
-                val_loss=nn.functional.cross_entropy(val_logits, val_labels).item(),
-                val_top1=accuracy(val_logits, val_labels, 1),
-                val_top5=accuracy(val_logits, val_labels, 5),
+                **trainer.validate(eval_model, val_ds, pre, device),
                 lr=sched.get_last_lr()[0],
                 train_seconds=train_seconds,
                 epoch_seconds=time.perf_counter() - t0,
-                images_per_second=stats[2].item() / train_seconds,  # all ranks (stats are summed)
+                images_per_second=stats[3].item() / train_seconds,  # all ranks (stats are summed)
             )
             metrics.append(row)
             _save_state(state_path, cfg, world, epoch, model, opt, sched, ema, metrics)
@@ -472,27 +409,29 @@ def _train(cfg: TrainConfig, resume: bool, rank: int, world: int, device: torch.
     summary = {}
     fingerprints = _check_ranks_agree(model, ema, final_model, world)
     if main:
-        summary = _summary(cfg, metrics, final, world, fingerprints)
-        save_checkpoint(final, final_model, preprocessing=pre, labels=classes,
-                        extra={"train_config": asdict(cfg), **{k: summary[k] for k in ("val_top1", "val_top5", "epochs")}})
+        summary = _summary(cfg, trainer, final_model, metrics, final, world, fingerprints)
+        summary.update(trainer.finish(out, final_model, val_ds, pre, classes))
+        trainer.save(final, final_model, preprocessing=pre, labels=classes,
+                     extra={"train_config": asdict(cfg), **{k: summary[k] for k in (*trainer.SUMMARY_KEYS, "epochs")}})
         write_text_atomic(out / SUMMARY_FILE, json.dumps(summary, indent=2))
-        plot_curves(metrics, out / "curves.png")
+        plot_curves(metrics, out / "curves.png", trainer.CURVES)
     if world > 1:
         dist.barrier()
     return TrainResult(checkpoint=final, metrics=metrics, out_dir=out, model=final_model, summary=summary)
 
 
-def _summary(cfg: TrainConfig, metrics: list[dict], final: Path, world: int, fingerprints: list[dict]) -> dict:
+def _summary(cfg: TrainConfig, trainer, model: nn.Module, metrics: list[dict], final: Path, world: int,
+             fingerprints: list[dict]) -> dict:
     last = metrics[-1] if metrics else {}
     train_seconds = sum(m.get("train_seconds", 0.0) for m in metrics)
     images = sum(m.get("images_per_second", 0.0) * m.get("train_seconds", 0.0) for m in metrics)
     return {
         "checkpoint": str(final),
-        "model": f"mobilenet_v3_{cfg.arch}_{int(round(cfg.width * 100)):03d}",
+        "task": cfg.task,
+        "model": model.config.name,
         "resolution": cfg.resolution,
         "epochs": len(metrics),
-        "val_top1": last.get("val_top1"),
-        "val_top5": last.get("val_top5"),
+        **{k: last.get(k) for k in trainer.SUMMARY_KEYS},
         "train_seconds": train_seconds,
         "epoch_seconds": sum(m.get("epoch_seconds", 0.0) for m in metrics),
         "images_per_second": images / train_seconds if train_seconds else None,
@@ -508,8 +447,9 @@ def _load_state(path: Path, cfg: TrainConfig, world: int, device) -> dict:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any reader failure means an unusable file
         raise UserError(f"--resume: {path} is unreadable ({type(exc).__name__}); delete it to start over") from None
-    old, new = state["config"], asdict(cfg)
-    diffs = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if k not in RESUME_FREE_FIELDS and old.get(k) != v]
+    old, new, before = state["config"], asdict(cfg), asdict(TrainConfig())  # a field added since: its default
+    diffs = [f"{k}: {old.get(k, before[k])!r} -> {v!r}" for k, v in new.items()
+             if k not in RESUME_FREE_FIELDS and old.get(k, before[k]) != v]
     if state.get("world_size", 1) != world:
         diffs.append(f"processes: {state.get('world_size', 1)} -> {world}")
     if diffs:

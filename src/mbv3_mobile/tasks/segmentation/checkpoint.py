@@ -71,8 +71,9 @@ def load_segmentation_checkpoint(path: str | os.PathLike, *, init_backbone: bool
         return Checkpoint(model=model.eval(), config=guessed, source="torchvision")
     if any(k.startswith("features.") for k in state_dict) or "conv_stem.weight" in state_dict:
         if not init_backbone:
-            raise CheckpointError(f"{path} is a classification checkpoint, not a segmentation one: pass --init-backbone "
-                                  "to start an LR-ASPP from its backbone (the head is then trained from scratch)")
+            raise CheckpointError(f"{path} is a classification checkpoint, not a segmentation one: give it as "
+                                  "--init-backbone FILE to start an LR-ASPP from its backbone (the head then trains "
+                                  "from scratch)")
         classifier = load_checkpoint(path)
         base = config or SegmentationConfig()
         target = SegmentationConfig(**{**base.to_dict(), "arch": classifier.config.arch,

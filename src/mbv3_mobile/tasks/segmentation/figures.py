@@ -81,8 +81,8 @@ class MaskComparison:
             self.noise.append(float(((cand[i] - ref[i]) ** 2).sum()))
             if masks is not None:
                 truth = masks[i][v]
-                self.confusion_ref.append(_confusion(truth, ref_cls[i][v], self.num_classes))
-                self.confusion_cand.append(_confusion(truth, cand_cls[i][v], self.num_classes))
+                self.confusion_ref.append(confusion_matrix(truth, ref_cls[i][v], self.num_classes))
+                self.confusion_cand.append(confusion_matrix(truth, cand_cls[i][v], self.num_classes))
 
     def figures(self, *, reps: int = BOOTSTRAP_REPS, seed: int = 0) -> dict:
         n = len(self.pixels)
@@ -113,7 +113,7 @@ class MaskComparison:
             cand_conf = np.stack(self.confusion_cand).reshape(n, c * c).astype(np.float64)
             ref_total, cand_total = ref_conf.sum(0).reshape(c, c), cand_conf.sum(0).reshape(c, c)
             fig.update(reference_miou=float(miou(ref_total)), miou=float(miou(cand_total)),
-                       reference_pixel_accuracy=_accuracy(ref_total), pixel_accuracy=_accuracy(cand_total),
+                       reference_pixel_accuracy=pixel_accuracy(ref_total), pixel_accuracy=pixel_accuracy(cand_total),
                        reference_per_class_iou=_listed(iou_per_class(ref_total)),
                        per_class_iou=_listed(iou_per_class(cand_total)))
             fig["miou_drop"] = fig["reference_miou"] - fig["miou"]
@@ -134,7 +134,8 @@ def compare_masks(reference: torch.Tensor, candidate: torch.Tensor, masks: torch
 compare = compare_masks
 
 
-def _confusion(truth: torch.Tensor, predicted: torch.Tensor, c: int) -> np.ndarray:
+def confusion_matrix(truth: torch.Tensor, predicted: torch.Tensor, c: int) -> np.ndarray:
+    """C x C pixel counts, [truth, predicted], of 1-D int64 class tensors (ignored pixels left out)."""
     if truth.numel() and int(truth.max()) >= c:
         raise ValueError(f"a mask holds class {int(truth.max())}, but the model has {c} classes")
     return torch.bincount(truth * c + predicted, minlength=c * c).reshape(c, c).numpy()
@@ -155,7 +156,7 @@ def miou(confusion: np.ndarray) -> np.ndarray:
     return np.nanmean(iou_per_class(confusion), axis=-1)
 
 
-def _accuracy(confusion: np.ndarray) -> float:
+def pixel_accuracy(confusion: np.ndarray) -> float:
     return float(np.trace(confusion) / max(confusion.sum(), 1))
 
 

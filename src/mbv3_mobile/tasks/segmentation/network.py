@@ -119,6 +119,13 @@ class LRASPP(nn.Module):
         out = self.classifier(*self.features(x))
         return F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
+    def reset_classifier(self, num_classes: int) -> None:
+        """Fresh 1x1 classifiers for `num_classes` (transfer learning to other labels); the rest stays."""
+        head = self.classifier
+        head.low_classifier = nn.Conv2d(head.low_classifier.in_channels, num_classes, 1)
+        head.high_classifier = nn.Conv2d(head.high_classifier.in_channels, num_classes, 1)
+        self.config = SegmentationConfig(**{**self.config.to_dict(), "num_classes": num_classes})
+
     def init_backbone(self, classifier_state: dict[str, torch.Tensor]) -> list[str]:
         """Load a classification checkpoint's `features.*` (ours or torchvision's: the same names)
         into the backbone; its classifier is dropped. Returns the keys it loaded. Dilation changes
