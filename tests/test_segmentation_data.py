@@ -179,9 +179,9 @@ def test_nearest_resizing_keeps_only_stored_class_indices(composite):
             assert set(after.unique().tolist()) <= set(before.unique().tolist())
 
 
-def test_mask_and_image_get_the_same_resize_and_centre_crop(tmp_path):
-    """Image red channel = 40 * class in 16-px blocks: after resizing a 96x64 pair to 48 px and cropping
-    the centre (12 px off each side), the block interiors still agree pixel for pixel."""
+def test_mask_and_image_get_the_same_geometry(tmp_path):
+    """Image red channel = 40 * class in 16-px blocks: after resizing a 96x64 pair to 48x48 (the
+    model's geometry: the whole picture, no crop), the block interiors still agree pixel for pixel."""
     classes = np.kron(np.arange(24).reshape(4, 6) % 5, np.ones((16, 16), np.int64)).astype(np.uint8)  # 64 x 96
     root = write_pair(tmp_path / "seg", "blocks", size=(96, 64), mask=classes, labels=("a", "b", "c", "d", "e"))
     Image.fromarray(np.stack([classes * 40, np.zeros_like(classes), np.zeros_like(classes)], -1)).save(
@@ -205,14 +205,14 @@ def test_palette_mask_is_read_as_class_indices_not_colours(tmp_path):
     palette.putpalette([0, 0, 0, 250, 20, 20, 20, 250, 20] + [0] * (256 * 3 - 9))
     palette.save(root / "masks" / "p.png")
     assert Image.open(root / "masks" / "p.png").mode == "P"
-    arrays = load_segmentation_folder(root, 30)
+    arrays = load_segmentation_folder(root, 32)
     assert set(arrays.masks.unique().tolist()) == {0, 1, 2}
 
 
 def test_ignore_value_255_is_accepted(tmp_path):
     mask = np.zeros((30, 40), np.uint8)
     mask[:, :10], mask[:, 30:] = 255, 2
-    arrays = load_segmentation_folder(write_pair(tmp_path / "seg", "x", mask=mask), 30)
+    arrays = load_segmentation_folder(write_pair(tmp_path / "seg", "x", mask=mask), 32)
     assert set(arrays.masks.unique().tolist()) == {0, 2, 255}
 
 
@@ -226,7 +226,7 @@ def test_subfolders_mirror_and_hidden_files_and_suffix_case_are_handled(tmp_path
     assert [(i.relative_to(root).as_posix(), m.relative_to(root).as_posix()) for i, m in scan.pairs] == [
         ("images/a/b/x.JPG", "masks/a/b/x.png"), ("images/y.webp", "masks/y.png")]
     assert scan.labels == ("bg", "cat", "dog")
-    assert load_segmentation_folder(root, 16).files == ["images/a/b/x.JPG", "images/y.webp"]
+    assert load_segmentation_folder(root, 32).files == ["images/a/b/x.JPG", "images/y.webp"]
 
 
 def test_limit_picks_the_same_subset_for_the_same_seed(composite):
@@ -281,7 +281,7 @@ def test_class_index_above_the_label_count_names_file_value_and_count(tmp_path):
     mask[5, 5] = 11
     root = write_pair(tmp_path / "seg", "x", mask=mask, labels=labels)
     scan_segmentation_folder(root)  # headers are fine: the pixels are checked when decoded
-    refused(lambda: load_segmentation_folder(root, 16), "masks/x.png", "class index 11", "names 11 classes")
+    refused(lambda: load_segmentation_folder(root, 32), "masks/x.png", "class index 11", "names 11 classes")
 
 
 @pytest.mark.parametrize("remove", ["root", "images", "masks", "labels.txt"])

@@ -112,6 +112,7 @@ def build_card(folder: str | os.PathLike, *, parity: str | os.PathLike | None = 
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "name": final.name,
         "format": manifest["format"],
+        "task": manifest.get("task", "classification"),
         "manifest": {"path": MANIFEST, "sha256": manifest_sha, "bytes": manifest_path.stat().st_size,
                      "created": manifest.get("created")},
         "model": {"name": model["name"], "arch": model.get("arch"), "width": model.get("width"),

@@ -35,8 +35,13 @@ def training_info(checkpoint: Path | None, source: dict) -> dict:
         return {"status": "unknown", "reason": why, "data": "unknown", "reproduce": None}
     info = {"status": "known", "data": _data_description(cfg), "config": cfg,
             "val_top1": extra.get("val_top1"), "val_top5": extra.get("val_top5"), "epochs": extra.get("epochs"),
+            "val_miou": extra.get("val_miou"), "val_pixel_accuracy": extra.get("val_pixel_accuracy"),
             "val_note": "top-1 on the held-out validation split of training data, not the test set"
             if not cfg.get("val_dataset") else f"top-1 on {cfg['val_dataset']}"}
+    if cfg.get("dataset") == "composite":
+        info["limitations"] = ("trained on the composite test bed: Fashion-MNIST garments pasted onto crops of 16 sample "
+                               "photos; masks of real scenes are not measured and would be far worse. A demonstration / "
+                               "pipeline-validation model: train on your own masks (`mbv3 train --task segmentation`).")
     if cfg.get("dataset") in ("fashion-mnist", "fashion_mnist"):
         info["limitations"] = ("trained on Fashion-MNIST: centred 28x28 greyscale product images on a black background, "
                                "upscaled; accuracy on camera photos of clothing is not measured and likely far lower. A demonstration / "
@@ -60,7 +65,10 @@ def training_info(checkpoint: Path | None, source: dict) -> dict:
 
 def _data_description(cfg: dict) -> str:
     ds = cfg.get("dataset", "unknown")
-    name = "Fashion-MNIST (train split, 60k 28x28 grey images, 10 classes)" if ds in ("fashion-mnist", "fashion_mnist") else ds
+    name = {"fashion-mnist": "Fashion-MNIST (train split, 60k 28x28 grey images, 10 classes)",
+            "fashion_mnist": "Fashion-MNIST (train split, 60k 28x28 grey images, 10 classes)",
+            "composite": "the composite segmentation test bed (Fashion-MNIST train garments on sample-photo crops, "
+                         "background + 10 classes; docs/segmentation-data.md)"}.get(ds, ds)
     parts = [name]
     if cfg.get("max_train_images"):
         parts.append(f"class-balanced subset of {cfg['max_train_images']} images")

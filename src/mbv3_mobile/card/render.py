@@ -47,7 +47,9 @@ def _model(card: dict) -> list[str]:
     L: list[str] = []
     L += [f"# Model card: {card['name']} ({card['format']})", ""]
     L += [f"{m['name']} (MobileNetV3-{str(m['arch']).capitalize()}, width {m['width']}"
-          f"{', minimalistic' if m['minimal'] else ''}) classifying {m['num_classes']} classes at {r}x{r} px. "
+          f"{', minimalistic' if m['minimal'] else ''}) "
+          f"{'segmenting (LR-ASPP)' if card.get('task') == 'segmentation' else 'classifying'} {m['num_classes']} classes "
+          f"at {r}x{r} px. "
           f"Card schema {card['schema']}, built {card['created']} from `manifest.json` "
           f"(sha256 `{card['manifest']['sha256'][:16]}…`, published {card['manifest']['created']}).", ""]
     L += ["## Model", "", "| | |", "|---|---|",
@@ -79,11 +81,14 @@ def _training(card: dict) -> list[str]:
               f"- recipe: {t['recipe'] or 'custom (not a named zoo recipe)'}; {cfg.get('epochs')} epochs, "
               f"{cfg.get('optimizer')} lr {cfg.get('lr')} (warm-up {cfg.get('warmup_epochs')} epochs), batch "
               f"{cfg.get('batch_size')} x {cfg.get('processes', 1)} processes, weight decay {cfg.get('weight_decay')}, "
-              f"label smoothing {cfg.get('label_smoothing')}, EMA {cfg.get('ema_decay')}, dropout {cfg.get('dropout')}, "
+              f"label smoothing {_smoothing(cfg)}, EMA {cfg.get('ema_decay')}, dropout {cfg.get('dropout')}, "
               f"augmentation {'flip + shift ' + str(cfg.get('translate')) if cfg.get('augment') else 'none'}"
               f"{', random erasing ' + str(cfg['random_erasing']) if cfg.get('augment') and cfg.get('random_erasing') else ''}, "
-              f"seed {cfg.get('seed')}" + (f", fine-tuned from `{cfg['init_checkpoint']}`" if cfg.get("init_checkpoint") else ""),
-              f"- validation top-1 {_pct(t.get('val_top1'))} %, top-5 {_pct(t.get('val_top5'))} % ({t.get('val_note')})"]
+              f"seed {cfg.get('seed')}" + (f", fine-tuned from `{cfg['init_checkpoint']}`" if cfg.get("init_checkpoint") else "")
+              + (f", backbone from `{cfg['init_backbone']}`" if cfg.get("init_backbone") else ""),
+              f"- validation mIoU {_pct(t.get('val_miou'))} %, pixel accuracy {_pct(t.get('val_pixel_accuracy'))} % "
+              "(on the held-out validation split of training data, not the test set)" if t.get("val_miou") is not None
+              else f"- validation top-1 {_pct(t.get('val_top1'))} %, top-5 {_pct(t.get('val_top5'))} % ({t.get('val_note')})"]
         if t.get("summary"):
             s = t["summary"]
             L.append(f"- trained in {s['train_seconds'] / 60:.1f} min on {s.get('world_size')} x {s.get('device')} "
@@ -95,8 +100,17 @@ def _training(card: dict) -> list[str]:
     return L
 
 
+def _smoothing(cfg: dict):
+    value = cfg.get("label_smoothing")
+    if value is None:  # the task's default
+        return 0.0 if cfg.get("task") == "segmentation" else 0.1
+    return value
+
+
 def _accuracy(card: dict) -> list[str]:
     """Each variant's figures against eager fp32 (the export's verify stages)."""
+    if card.get("task", "classification") != "classification":
+        return _task_accuracy(card)
     ex = card["export"]
     L: list[str] = []
     L += ["## Accuracy per format", "",
@@ -119,6 +133,23 @@ def _accuracy(card: dict) -> list[str]:
               "the paired drop, Wilson for agreement); counts are in model_card.json."]
     L += ["", f"Reproduce: `{ex['reproduce']}`", ""]
     return L
+
+
+def _task_accuracy(card: dict) -> list[str]:
+    """Another task's variants, in its own table (the task's figures module writes it)."""
+    from mbv3_mobile.tasks import get_task
+
+    rows = {a["variant"]: {**a, "gate": _verdict(a.get("gate"))} for a in card["accuracy"]}
+    table = get_task(card["task"]).module("figures").table(
+        rows, lead=("file", lambda f: f"{f['artifact']} ({_mb(f['bytes']) if f.get('bytes') is not None else '–'})"),
+        verdict=True)
+    L = ["## Accuracy per format", "",
+         "Each variant against eager PyTorch fp32 on the same real pictures (the export's verify stage).", "", table, ""]
+    L += [f"- {a['variant']}: {a['data']}, gate table `{a.get('gate_table') or '?'}`" for a in card["accuracy"]]
+    if card["accuracy"]:
+        L += ["", f"Evaluated in: {card['accuracy'][0]['runtime']}. Bounds are one-sided 95 % bounds from a paired "
+              "bootstrap over pictures (a picture's pixels are not independent); counts are in model_card.json."]
+    return L + ["", f"Reproduce: `{card['export']['reproduce']}`", ""]
 
 
 def _parity(card: dict) -> list[str]:

@@ -43,6 +43,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"mbv3 {args.command}: interrupted; nothing half-written was kept", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - anything else is a bug: say so, keep the traceback for the report
+        where = _write_traceback(args.command)
+        print(f"mbv3 {args.command}: internal error (a bug in mbv3-mobile, not in your input): "
+              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; traceback written to {where}; "
+              "please report it with that file", file=sys.stderr)
+        return 70
+
+
+def _write_traceback(command: str) -> str:
+    """The current exception's traceback in a new file under the system temp folder; its path."""
+    import tempfile
+    import traceback
+
+    with tempfile.NamedTemporaryFile("w", prefix=f"mbv3-{command}-", suffix=".traceback.txt", delete=False) as f:
+        f.write(f"mbv3 {' '.join(sys.argv[1:])}\n\n")
+        traceback.print_exc(file=f)
+        return f.name
 
 
 if __name__ == "__main__":

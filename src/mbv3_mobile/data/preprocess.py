@@ -123,6 +123,15 @@ class Preprocessing:
             return rgb.resize((self.resolution, self.resolution), resample)
         return resize_and_crop(rgb, self.resize_shorter, self.resolution, resample)
 
+    def mask_geometry(self, mask):
+        """A mask (PIL "L"/"P", class index per pixel) -> R x R by the same geometry, nearest-neighbour:
+        class indices are never interpolated."""
+        from PIL import Image
+
+        if not self.resize_shorter:
+            return mask.resize((self.resolution, self.resolution), Image.NEAREST)
+        return resize_and_crop(mask, self.resize_shorter, self.resolution, Image.NEAREST)
+
     def picture(self, image) -> torch.Tensor:
         """A PIL image -> (3, R, R) normalised float32 tensor: what an app must feed the model."""
         array = np.asarray(self.geometry(image), dtype=np.uint8).transpose(2, 0, 1).copy()

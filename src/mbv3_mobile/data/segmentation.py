@@ -3,7 +3,7 @@
 A user's folder is `ROOT/images/**/<name>.<ext>` beside `ROOT/masks/**/<name>.png` (one class index
 per pixel, 255 = ignore) and `ROOT/labels.txt` (line i names class i). `scan_segmentation_folder`
 checks the pairing and the headers before any pixel is decoded; `load_segmentation_folder` decodes
-each pair once to R x R (shorter side to R, centre crop; masks resized NEAREST, never interpolated).
+each pair once to R x R by the model's preprocessing geometry (masks resized NEAREST, never interpolated).
 
 `make_composite_dataset` writes that layout from real pixels available offline: Fashion-MNIST
 garments pasted onto crops of the scikit-image sample photos. See docs/segmentation-data.md.
@@ -22,7 +22,7 @@ import torch
 from mbv3_mobile.core.atomic import atomic_dir
 from mbv3_mobile.data.datasets import FASHION_MNIST_LABELS, IMAGE_SUFFIXES, DataError, load_fashion_mnist
 from mbv3_mobile.data.decode import _mode_problem
-from mbv3_mobile.data.preprocess import resize_and_crop
+from mbv3_mobile.data.preprocess import Preprocessing
 
 IGNORE_INDEX = 255  # a mask value meaning "no label here": the loss and the metrics skip it
 MASK_MODES = ("L", "P")  # one 8-bit channel; for "P" the palette index itself is the class
@@ -30,7 +30,9 @@ SPLITS = ("train", "test")
 CROP_SHARE = (0.4, 1.0)  # background crop side, as a share of the photo's shorter side
 GARMENT_SHARE = (0.35, 0.75)  # garment side, as a share of the picture side
 GARMENTS_PER_PICTURE = (1, 3)
-MASK_THRESHOLD = 0.5  # a garment pixel is labelled where its alpha (gray / 255) is above this
+MASK_THRESHOLD = 0.5  # a garment pixel is labelled where its (resized) silhouette is above this
+OUTLINE_LEVEL = 0.05  # a Fashion-MNIST pixel above this share of white belongs to the garment's outline
+SHADE_FLOOR = 0.3  # the darkest garment pixel keeps this share of its tint (dark patterns stay garment-coloured)
 
 
 class SegmentationDataError(DataError):
@@ -201,14 +203,18 @@ def scan_segmentation_folder(root: str | os.PathLike) -> SegmentationScan:
     return SegmentationScan(root=root, pairs=pairs, labels=labels)
 
 
-def load_segmentation_folder(root: str | os.PathLike, resolution: int, *, limit: int | None = None,
+def load_segmentation_folder(root: str | os.PathLike, preprocessing: Preprocessing | int, *, limit: int | None = None,
                              seed: int = 0) -> SegmentationArrays:
-    """Every pair (or `limit` of them, picked with `seed`, in order) decoded once at R x R: images
-    bilinear, masks nearest-neighbour with the same geometry. Class indices are checked here."""
+    """Every pair (or `limit` of them, picked with `seed`, in order) decoded once at R x R by the
+    preprocessing's geometry (an int R: the whole picture to R x R): images by its interpolation,
+    masks nearest-neighbour with the same geometry. Class indices are checked here."""
     from PIL import Image
 
-    if resolution < 1:
-        raise SegmentationDataError(f"resolution must be a positive number of pixels, got {resolution}")
+    if isinstance(preprocessing, int):
+        if preprocessing < 1:
+            raise SegmentationDataError(f"resolution must be a positive number of pixels, got {preprocessing}")
+        preprocessing = Preprocessing(resolution=preprocessing)
+    pre, resolution = preprocessing, preprocessing.resolution
     scan = scan_segmentation_folder(root)
     pairs = scan.pairs
     if limit is not None:
@@ -237,8 +243,8 @@ def load_segmentation_folder(root: str | os.PathLike, resolution: int, *, limit:
             raise SegmentationDataError(f"mask {mask_path} holds class index {int(bad.max())} but {scan.root}/labels.txt "
                                         f"names {n} classes (indices 0..{n - 1}, {IGNORE_INDEX} = ignore): fix the "
                                         "mask, or add the missing class names to labels.txt")
-        images[i] = torch.from_numpy(np.asarray(resize_and_crop(rgb, r, r, Image.BILINEAR)).transpose(2, 0, 1).copy())
-        masks[i] = torch.from_numpy(np.asarray(resize_and_crop(Image.fromarray(mask), r, r, Image.NEAREST)).copy())
+        images[i] = torch.from_numpy(np.asarray(pre.geometry(rgb)).transpose(2, 0, 1).copy())
+        masks[i] = torch.from_numpy(np.asarray(pre.mask_geometry(Image.fromarray(mask))).copy())
     files = [image.relative_to(scan.root).as_posix() for image, _ in pairs]
     return SegmentationArrays(images=images, masks=masks, labels=scan.labels, files=files)
 
@@ -278,6 +284,17 @@ def composite_labels() -> tuple[str, ...]:
     return ("background", *FASHION_MNIST_LABELS)
 
 
+def garment_silhouette(gray: np.ndarray) -> np.ndarray:
+    """A Fashion-MNIST garment's outline, filled (28 x 28 bool): pixels above OUTLINE_LEVEL, closed by
+    one pixel (pattern gaps) and with enclosed holes filled. A mask labels the object, not its
+    texture: dark patterns inside a garment are still garment, as a person labelling it would say."""
+    from scipy import ndimage
+
+    inside = np.pad(gray > OUTLINE_LEVEL * 255, 1)
+    inside = ndimage.binary_closing(inside, iterations=1)[1:-1, 1:-1]
+    return ndimage.binary_fill_holes(inside)
+
+
 def _compose(rng: np.random.Generator, photos: list, cache: dict, garments: np.ndarray, classes: np.ndarray,
              r: int) -> tuple[np.ndarray, np.ndarray, dict]:
     """One picture: a random square crop of a photo, then 1-3 garments, later ones on top."""
@@ -298,10 +315,12 @@ def _compose(rng: np.random.Generator, photos: list, cache: dict, garments: np.n
         s = max(2, int(round(rng.uniform(*GARMENT_SHARE) * r)))
         gx, gy = int(rng.integers(r - s + 1)), int(rng.integers(r - s + 1))
         tint = rng.integers(64, 256, size=3)  # not too dark, so a garment stays visible on dark photos
-        alpha = np.asarray(Image.fromarray(garments[index]).resize((s, s), Image.BILINEAR), np.float32)[..., None] / 255
+        outline = Image.fromarray(garment_silhouette(garments[index]).astype(np.uint8) * 255)
+        alpha = np.asarray(outline.resize((s, s), Image.BILINEAR), np.float32)[..., None] / 255  # soft edge
+        gray = np.asarray(Image.fromarray(garments[index]).resize((s, s), Image.BILINEAR), np.float32)[..., None] / 255
         region = canvas[gy:gy + s, gx:gx + s]
-        # The garment's own gray is both its opacity and its shading, so its texture is real pixels.
-        region[:] = alpha * (tint.astype(np.float32) * alpha) + (1 - alpha) * region
+        # Opaque inside its outline; the garment's own gray shades the tint, so its texture is real pixels.
+        region[:] = alpha * (tint.astype(np.float32) * (SHADE_FLOOR + (1 - SHADE_FLOOR) * gray)) + (1 - alpha) * region
         mask[gy:gy + s, gx:gx + s][alpha[..., 0] > MASK_THRESHOLD] = int(classes[index]) + 1
         placed.append({"index": index, "label": int(classes[index]), "box": [gx, gy, s], "tint": tint.tolist()})
     record = {"photo": path.name, "crop": [x0, y0, side], "garments": placed}

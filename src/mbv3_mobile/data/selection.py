@@ -24,8 +24,16 @@ from mbv3_mobile.data.datasets import (
     ImageFolderDataset,
     balanced_indices,
     load_fashion_mnist,
+    scan_image_folder,
 )
-from mbv3_mobile.data.pictures import Pictures, load_pictures, sample_photos
+from mbv3_mobile.data.pictures import (
+    Pictures,
+    check_picture_header,
+    load_pictures,
+    sample_photo_files,
+    sample_photos,
+    scan_pictures,
+)
 from mbv3_mobile.data.preprocess import Preprocessing
 
 SAMPLES = "samples"
@@ -121,3 +129,37 @@ def pictures(source: str, labelled: bool, pre: Preprocessing, labels: list[str],
     if labelled:
         return labelled_pictures(source, pre, labels, split=split, limit=limit, seed=seed)
     return unlabelled_pictures(source, pre, limit=limit, seed=seed, what=what)
+
+
+def check_picture_folder(root: str, what: str) -> int:
+    """The folder holds pictures and every one can be used (headers only: seconds, no decoding)."""
+    try:
+        files, _ = scan_pictures(root)
+    except DataError as exc:
+        raise DataError(str(exc).replace("--images", what)) from None
+    bad = [(p, why) for p in files if (why := check_picture_header(p))]
+    if bad:
+        listed = "; ".join(f"{p.relative_to(root)}: {why}" for p, why in bad[:3])
+        raise DataError(f"{what} {root}: {len(bad)} of {len(files)} picture(s) cannot be used ({listed}"
+                        f"{' ...' if len(bad) > 3 else ''}); remove or convert them to 8-bit RGB or gray")
+    return len(files)
+
+
+def check_source(source: str, labelled: bool, labels: list[str], what: str) -> None:
+    if source in FASHION_MNIST_NAMES:
+        load_fashion_mnist("test")  # raises naming the missing Debian package
+        if labelled and list(labels) != list(load_fashion_mnist("test").classes):
+            raise DataError(f"{what} fashion-mnist: its classes are not the model's labels "
+                            f"({list(labels)[:3]}...); give pictures of the model's classes, or unlabelled --images DIR")
+        return
+    if source == SAMPLES:
+        sample_photo_files()
+        return
+    if labelled:
+        scan = scan_image_folder(source)
+        if list(scan.classes) != list(labels):
+            raise DataError(f"{what} {source}: its class folders {list(scan.classes)[:4]}... are not the model's labels "
+                            f"{list(labels)[:4]}...; labelled pictures go in DIR/<label>/ for every label (for pictures "
+                            "without labels use --images DIR)")
+        return
+    check_picture_folder(source, what)

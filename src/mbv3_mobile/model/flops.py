@@ -39,8 +39,18 @@ class ModelProfile:
 
 
 def _top_level_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    layers = [(f"features.{i}", m) for i, m in enumerate(model.features)]
-    return layers + [("avgpool", model.avgpool), ("classifier", model.classifier)]
+    """A classifier's `features.N`, pool and classifier; any other network (a task's: LR-ASPP's
+    `backbone.N` and head) its top-level children, one level into a Sequential."""
+    if isinstance(getattr(model, "features", None), nn.Sequential):
+        layers = [(f"features.{i}", m) for i, m in enumerate(model.features)]
+        return layers + [("avgpool", model.avgpool), ("classifier", model.classifier)]
+    rows = []
+    for name, child in model.named_children():
+        if isinstance(child, nn.Sequential):
+            rows += [(f"{name}.{i}", m) for i, m in enumerate(child)]
+        else:
+            rows.append((name, child))
+    return rows
 
 
 def profile_model(model: nn.Module, resolution: int = 224) -> ModelProfile:
@@ -50,7 +60,7 @@ def profile_model(model: nn.Module, resolution: int = 224) -> ModelProfile:
     for name, layer in _top_level_layers(model):
         hooks.append(
             layer.register_forward_hook(
-                lambda _m, _i, out, name=name: shapes.__setitem__(name, tuple(out.shape))
+                lambda _m, _i, out, name=name: shapes.__setitem__(name, tuple(out.shape)) if torch.is_tensor(out) else None
             )
         )
     counter = FlopCounterMode(display=False, depth=None)
@@ -72,7 +82,7 @@ def profile_model(model: nn.Module, resolution: int = 224) -> ModelProfile:
             LayerRow(
                 name=name,
                 kind=type(layer).__name__,
-                out_shape=shapes[name],
+                out_shape=_shape(shapes.get(name)),
                 params=sum(p.numel() for p in layer.parameters()),
                 macs=flops // 2,
             )
@@ -83,3 +93,7 @@ def profile_model(model: nn.Module, resolution: int = 224) -> ModelProfile:
         resolution=resolution,
         rows=tuple(rows),
     )
+
+
+def _shape(out) -> tuple[int, ...]:
+    return tuple(out) if out is not None else ()

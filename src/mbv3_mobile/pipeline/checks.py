@@ -10,11 +10,10 @@ import shutil
 from pathlib import Path
 
 from mbv3_mobile.core.errors import UserError
-from mbv3_mobile.data.datasets import FASHION_MNIST_NAMES, DataError, load_fashion_mnist, scan_image_folder
 from mbv3_mobile.data.labels import default_labels, read_labels
-from mbv3_mobile.data.pictures import check_picture_header, sample_photo_files, scan_pictures
-from mbv3_mobile.data.selection import SAMPLES, choose
+from mbv3_mobile.data.selection import SAMPLES, check_picture_folder
 from mbv3_mobile.pipeline.spec import PipelineSpec
+from mbv3_mobile.pipeline.stages import requested_task
 
 # Disk a run may need beyond the inputs: cached stages plus the published folder, per variant,
 # as a multiple of the fp32 weights (a .pte, a bundle, a program, copies); generous on purpose.
@@ -32,15 +31,15 @@ def export_inputs(spec: PipelineSpec, params: dict) -> dict:
         default_labels(ck.config.num_classes, ck.labels)[0]
     if params.get("images") and params["images"] != SAMPLES:
         check_picture_folder(params["images"], "--images")
+    outputs = requested_task(params).module("outputs")
     for purpose, key in (("eval", "eval_data"), ("calib", "calib_data")):
         if key in params:
-            source, labelled = choose(given=params.get(key, ""), images=params.get("images", ""), labels=labels,
-                                      purpose=purpose)
-            _check_source(source, labelled, labels, f"--{key.replace('_', '-')}" if params.get(key) else "--images")
+            outputs.check_pictures(given=params.get(key, ""), images=params.get("images", ""), labels=labels,
+                                   purpose=purpose, what=f"--{key.replace('_', '-')}" if params.get(key) else "--images")
     variants = params.get(spec_variants(spec), [])
     if "qat" in variants:
-        source, labelled = choose(given=params.get("train_data", ""), images="", labels=labels, purpose="train")
-        _check_source(source, labelled, labels, "--train-data")
+        outputs.check_pictures(given=params.get("train_data", ""), images="", labels=labels, purpose="train",
+                               what="--train-data")
     check_free_space(params, ck, len(variants) or 1)
     return {"num_classes": ck.config.num_classes, "preprocessing": pre, "labels": labels}
 
@@ -53,7 +52,7 @@ def spec_variants(spec: PipelineSpec) -> str:
 
 
 def _checkpoint(params: dict):
-    from mbv3_mobile.pipeline.stages import checkpoint_source, load_for_task, task_of
+    from mbv3_mobile.pipeline.stages import checkpoint_source, load_for_task, requested_task, task_of
     from mbv3_mobile.train.zoo import embedded
 
     path, recipe = checkpoint_source(params)
@@ -61,7 +60,7 @@ def _checkpoint(params: dict):
         path = embedded(recipe)
         if path is None:
             return _RecipeOnly(recipe)
-    ck = load_for_task(task_of(params), path, params)
+    ck = load_for_task(requested_task(params), path, params)
     task_of(params, ck.extra)  # a checkpoint naming a task this version does not know fails here
     return ck
 
@@ -79,40 +78,6 @@ class _RecipeOnly:
         self.preprocessing = fashion_mnist_preprocessing(cfg.resolution)
         self.labels = None
         self.source = "mbv3-mobile"
-
-
-def check_picture_folder(root: str, what: str) -> int:
-    """The folder holds pictures and every one can be used (headers only: seconds, no decoding)."""
-    try:
-        files, _ = scan_pictures(root)
-    except DataError as exc:
-        raise DataError(str(exc).replace("--images", what)) from None
-    bad = [(p, why) for p in files if (why := check_picture_header(p))]
-    if bad:
-        listed = "; ".join(f"{p.relative_to(root)}: {why}" for p, why in bad[:3])
-        raise DataError(f"{what} {root}: {len(bad)} of {len(files)} picture(s) cannot be used ({listed}"
-                        f"{' ...' if len(bad) > 3 else ''}); remove or convert them to 8-bit RGB or gray")
-    return len(files)
-
-
-def _check_source(source: str, labelled: bool, labels: list[str], what: str) -> None:
-    if source in FASHION_MNIST_NAMES:
-        load_fashion_mnist("test")  # raises naming the missing Debian package
-        if labelled and list(labels) != list(load_fashion_mnist("test").classes):
-            raise DataError(f"{what} fashion-mnist: its classes are not the model's labels "
-                            f"({list(labels)[:3]}...); give pictures of the model's classes, or unlabelled --images DIR")
-        return
-    if source == SAMPLES:
-        sample_photo_files()
-        return
-    if labelled:
-        scan = scan_image_folder(source)
-        if list(scan.classes) != list(labels):
-            raise DataError(f"{what} {source}: its class folders {list(scan.classes)[:4]}... are not the model's labels "
-                            f"{list(labels)[:4]}...; labelled pictures go in DIR/<label>/ for every label (for pictures "
-                            "without labels use --images DIR)")
-        return
-    check_picture_folder(source, what)
 
 
 def check_free_space(params: dict, ck, variants: int) -> None:

@@ -14,7 +14,6 @@ from mbv3_mobile.core.hashing import sha256_file
 from mbv3_mobile.data.labels import default_labels, read_labels
 from mbv3_mobile.data.pictures import Pictures
 from mbv3_mobile.data.preprocess import Preprocessing, preset, preset_for_source
-from mbv3_mobile.data.selection import choose, pictures
 from mbv3_mobile.model.checkpoint import CheckpointError, checkpoint_extra
 from mbv3_mobile.model.flops import profile_model
 from mbv3_mobile.pipeline.contracts import ResolvedModel, ThreadsPick, VerifyFigures
@@ -36,7 +35,9 @@ def checkpoint_source(params: dict) -> tuple[Path | None, str]:
             raise PipelineError(f"--checkpoint {path} does not exist; pass a .safetensors/.pth file or omit it "
                                 "to use the embedded Fashion-MNIST default")
         return path, ""
-    recipe = params.get("recipe", "default")
+    recipe = params.get("recipe") or "default"
+    if recipe == "default":  # the generic default: the shipped model of the task asked for
+        recipe = task_of(params).default_recipe
     if recipe not in RECIPES:
         raise PipelineError(f"unknown recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
     return None, recipe
@@ -48,6 +49,19 @@ def task_of(params: dict, extra: dict | None = None):
         return get_task(params.get("task") or (extra or {}).get("task"))
     except TaskError as exc:
         raise PipelineError(f"--task: {exc}") from None
+
+
+def requested_task(params: dict):
+    """The task a run exports for: --task, else the one its checkpoint names (read from the header),
+    else the one of its recipe, else classification."""
+    if params.get("task"):
+        return task_of(params)
+    path, recipe = checkpoint_source(params)
+    if path is not None:
+        return task_of(params, checkpoint_extra(path))
+    from mbv3_mobile.train.zoo import RECIPES
+
+    return task_of({"task": RECIPES[recipe].task})
 
 
 def load_for_task(task, path: Path, params: dict):
@@ -137,7 +151,8 @@ def resolve_checkpoint(ctx: StageContext) -> dict:
         task=task.name, model_name=ck.config.name, config=ck.config.to_dict(), preprocessing=pre,
         preprocessing_rule=pre.describe(), labels=tuple(labels), labels_from=labels_from, source=str(path),
         source_format=ck.source, source_sha256=sha256_file(path), params=prof.params, macs=prof.macs,
-        train_summary={k: ck.extra.get(k) for k in ("val_top1", "epochs")}).to_meta()
+        train_summary={k: ck.extra.get(k) for k in ("val_top1", "epochs")}
+        | {k: ck.extra[k] for k in ("val_miou", "val_pixel_accuracy") if k in ck.extra}).to_meta()
 
 
 def stage_pictures(ctx: StageContext, purpose: str, *, limit: int | None = None, seed: int = 0) -> Pictures:
@@ -146,12 +161,11 @@ def stage_pictures(ctx: StageContext, purpose: str, *, limit: int | None = None,
     resolved = ctx.resolved
     p = ctx.params
     given = {"eval": p.get("eval_data", ""), "calib": p.get("calib_data", ""), "train": p.get("train_data", "")}[purpose]
-    source, labelled = choose(given=given, images=p.get("images", ""), labels=list(resolved.labels), purpose=purpose)
-    split = "test" if purpose == "eval" else "train"
     what = {"eval": "--eval-data" if given else "--images", "calib": "--calib-data" if given else "--images",
             "train": "--train-data"}[purpose]
-    return pictures(source, labelled, resolved.preprocessing, list(resolved.labels), split=split, limit=limit,
-                    seed=seed, what=what)
+    return get_task(resolved.task).module("outputs").pictures(
+        given=given, images=p.get("images", ""), labels=list(resolved.labels), pre=resolved.preprocessing,
+        purpose=purpose, split="test" if purpose == "eval" else "train", limit=limit, seed=seed, what=what)
 
 
 def gate_table(ctx: StageContext, base: str, labelled: bool) -> str:
@@ -172,10 +186,16 @@ def verify_against_eager(ctx: StageContext, what: str, run: Callable, *, limit: 
     model, pre, _ = resolved.load()
     pics = stage_pictures(ctx, "eval", limit=limit)
     x = pics.normalized(pre)
-    reference = _reference(task, ctx.upstream("resolve").key, pics, model, x)
     kind = "labelled" if pics.labelled else "unlabelled: label-free gates"
     ctx.log(f"{what}: {len(pics)} real pictures from {pics.source} ({kind})")
-    figures = task.module("figures").compare(reference, run(x, pre), pics.labels)
+    figures_of_task = task.module("figures")
+    if hasattr(figures_of_task, "streamed"):  # outputs per pixel: a batch at a time, never all of them
+        outputs = task.module("outputs")
+        figures = figures_of_task.streamed(lambda b: outputs.reference(model, b), lambda b: run(b, pre), x, pics.labels,
+                                           num_classes=resolved.num_classes, progress=ctx.progress, desc=what)
+    else:
+        reference = _reference(task, ctx.upstream("resolve").key, pics, model, x)
+        figures = figures_of_task.compare(reference, run(x, pre), pics.labels)
     return VerifyFigures(figures=figures, gate=task.gate_table(gate, pics.labelled, ctx.gates), what=what,
                          pictures=pics.describe(), measured=measured(artifact), hint=hint).to_meta()
 

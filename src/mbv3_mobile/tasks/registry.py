@@ -29,10 +29,14 @@ class TaskSpec:
     """A task and the three modules that implement it, each with a fixed set of names:
 
     outputs:  load_checkpoint(path, *, arch, width) -> model.checkpoint.Checkpoint;
-              output_spec(resolved) -> the manifest's "output"; reference(model, images) -> eager outputs
+              output_spec(resolved) -> the manifest's "output"; reference(model, images) -> eager outputs;
+              pictures(given=, images=, labels=, pre=, purpose=, split=, limit=, seed=, what=) -> the real
+              pictures (with the task's labels where there are any) a check or a calibration uses
     figures:  compare(reference, candidate, labels | None) -> figures; table({row: figures}) -> markdown;
               text(figures) -> lines for a gate-failure message; parity_table(rows) / parity_plot(rows, path);
-              KEYS (figures every verify stage records), LABELLED_KEYS (only with labelled pictures)
+              KEYS (figures every verify stage records), LABELLED_KEYS (only with labelled pictures);
+              optionally streamed(reference_fn, candidate_fn, images, labels, num_classes=) -> figures,
+              computed a batch at a time (for outputs too large to hold for every picture)
     snippets: output_text(resolved) -> one line for an app README; kotlin_result(var), swift_result(var),
               python_result(var) -> the expression that turns output `var` into the app's result
     """
@@ -44,6 +48,7 @@ class TaskSpec:
     outputs: str
     figures: str
     snippets: str
+    default_recipe: str = "default"  # the shipped model (train.zoo) a pipeline exports when given no checkpoint
 
     def module(self, part: str) -> ModuleType:
         """The task's `outputs`, `figures` or `snippets` module (imported on first use)."""

@@ -162,7 +162,7 @@ def finish(out: Path, model: nn.Module, val_ds: SegmentationArrays, pre: Preproc
     """Per-class IoU and the confusion matrix (PNG) of the final model, and a sheet of its masks."""
     confusion, _ = _confusion(model, val_ds, pre, "cpu")
     iou = iou_per_class(confusion)
-    _plot_confusion(confusion, classes, out / CONFUSION_FILE)
+    plot_confusion(confusion, classes, out / CONFUSION_FILE)
     picks = np.linspace(0, len(val_ds) - 1, min(SHEET_PICTURES, len(val_ds))).round().astype(int)
     sample = val_ds.subset(picks)
     logits = torch.cat([lg for lg, _ in _predict(model, sample, pre, "cpu")])
@@ -173,7 +173,8 @@ def finish(out: Path, model: nn.Module, val_ds: SegmentationArrays, pre: Preproc
             "val_confusion": confusion.tolist()}
 
 
-def _plot_confusion(confusion: np.ndarray, classes: list[str], path: Path) -> None:
+def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path) -> None:
+    """Row-normalised pixel confusion (recall per true class, in %) as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")

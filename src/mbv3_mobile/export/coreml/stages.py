@@ -14,7 +14,7 @@ from mbv3_mobile.export.coreml.delegate import build_executorch_coreml
 from mbv3_mobile.export.coreml.runtime import coreml_predict, interpreter_outputs, run_package
 from mbv3_mobile.pipeline.runner import StageContext
 from mbv3_mobile.pipeline.spec import PipelineError
-from mbv3_mobile.pipeline.stages import stage_pictures, task_of, verify_against_eager
+from mbv3_mobile.pipeline.stages import requested_task, stage_pictures, verify_against_eager
 
 
 def parse_variant(variant: str) -> tuple[str, str | None]:
@@ -30,7 +30,7 @@ def check_params(spec, params: dict) -> None:
     target supports it."""
     from mbv3_mobile.export.coreml import SPEC
 
-    SPEC.require_task(task_of(params).name)
+    SPEC.require_task(requested_task(params).name)
     for variant in params.get("variants", []):
         _, compression = parse_variant(variant)
         cm.check_target(params["deployment_target"], compression)

@@ -16,4 +16,5 @@ SPEC = register_format(FormatSpec(
     harness_target="adb",
     app_platform="Android",
     extensions=(".pte", ".bpte"),
+    tasks=("classification", "segmentation"),
 ))

@@ -17,18 +17,19 @@ from mbv3_mobile.export.executorch.runtime import run_pte
 from mbv3_mobile.graph import export_program
 from mbv3_mobile.pipeline.runner import StageContext
 from mbv3_mobile.pipeline.spec import PipelineError
-from mbv3_mobile.pipeline.stages import gate_table, stage_pictures, task_of, verify_against_eager
+from mbv3_mobile.pipeline.stages import gate_table, requested_task, stage_pictures, verify_against_eager
 from mbv3_mobile.quantize import pt2e as q
 from mbv3_mobile.tasks import get_task
 
 QUANT_CHOICES = ("fp32", "ptq", "qat")
+STREAM_BATCH = 16  # the largest batch `verify_against_eager` streams per call
 
 
 def check_params(spec, params: dict) -> None:
     """Preflight: the task and the variants asked for exist (before any stage runs)."""
     from mbv3_mobile.export.executorch import SPEC
 
-    SPEC.require_task(task_of(params).name)
+    SPEC.require_task(requested_task(params).name)
     bad = [v for v in params.get("quant", []) if v not in QUANT_CHOICES]
     if bad:
         raise PipelineError(f"--quant {','.join(bad)}: not one of {', '.join(QUANT_CHOICES)}")
@@ -134,7 +135,8 @@ def verify(ctx: StageContext) -> dict:
                    "on held-out pictures), more --calib-images, or --quant qat; `mbv3 parity --sensitivity` shows "
                    "where error enters"}.get(ctx.variant)
     return verify_against_eager(ctx, f".pte {ctx.variant} (ExecuTorch runtime)",
-                                lambda x, _pre: run_pte(pte, x, progress=ctx.progress),
+                                # batches a streamed comparison hands in get no bar of their own
+                                lambda x, _pre: run_pte(pte, x, progress=ctx.progress and len(x) > STREAM_BATCH),
                                 limit=ctx.params["parity_images"] if fp32 else None, gate=ctx.variant, artifact=pte,
                                 hint=hint)
 

@@ -52,7 +52,9 @@ func preprocess(_ picture: CGImage) -> [Float] {{
 ```"""
 
 
-def kotlin(pre: Preprocessing, *, input_name: str, model: str, int8_model: str | None, threads: int, result: str) -> str:
+def kotlin(pre: Preprocessing, *, input_name: str, model: str, int8_model: str | None, threads: int, result: str,
+           function: tuple[str, str] = ("classify", "String"),
+           output: str = "(result[0].value as Array<FloatArray>)[0]") -> str:
     """Android: session options, the picture -> tensor -> output, and `result` (the task's
     expression of the output `logits`)."""
     r = pre.resolution
@@ -77,10 +79,10 @@ val options = OrtSession.SessionOptions().apply {{
 val session = env.createSession(context.assets.open("{model}").readBytes(), options)
 val labels = context.assets.open("labels.txt").bufferedReader().readLines()
 
-fun classify(picture: Bitmap): String {{
+fun {function[0]}(picture: Bitmap): {function[1]} {{
     OnnxTensor.createTensor(env, FloatBuffer.wrap(preprocess(picture)), longArrayOf(1, 3, {r}, {r})).use {{ x ->
         session.run(mapOf("{input_name}" to x)).use {{ result ->
-            val logits = (result[0].value as Array<FloatArray>)[0]
+            val logits = {output}
             return {result}
         }}
     }}
@@ -88,7 +90,8 @@ fun classify(picture: Bitmap): String {{
 ```"""
 
 
-def swift(pre: Preprocessing, *, input_name: str, output_name: str, model: str, threads: int, result: str) -> str:
+def swift(pre: Preprocessing, *, input_name: str, output_name: str, model: str, threads: int, result: str,
+          function: tuple[str, str] = ("classify", "Int")) -> str:
     """iOS: ORT with the Core ML EP, the picture -> tensor -> output, and `result` (the task's
     expression of the output `logits`)."""
     r = pre.resolution
@@ -108,12 +111,12 @@ try options.appendCoreMLExecutionProvider(with: coreML)
 let session = try ORTSession(env: env, modelPath: Bundle.main.path(forResource: "{stem}", ofType: "{ext}")!,
                              sessionOptions: options)
 
-func classify(_ picture: CGImage) throws -> Int {{
+func {function[0]}(_ picture: CGImage) throws -> {function[1]} {{
     var chw = preprocess(picture)
     let x = try ORTValue(tensorData: NSMutableData(bytes: &chw, length: chw.count * MemoryLayout<Float>.size),
                          elementType: .float, shape: [1, 3, {r}, {r}])
     let out = try session.run(withInputs: ["{input_name}": x], outputNames: ["{output_name}"], runOptions: nil)
     let logits = (try out["{output_name}"]!.tensorData() as Data).withUnsafeBytes {{ Array($0.bindMemory(to: Float.self)) }}
-    return {result}  // index into labels.txt
+    return {result}
 }}
 ```"""

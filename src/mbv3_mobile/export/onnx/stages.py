@@ -9,7 +9,7 @@ from mbv3_mobile.export.onnx import convert as ox
 from mbv3_mobile.export.onnx import mobile
 from mbv3_mobile.export.onnx.runtime import ort_session, run_onnx
 from mbv3_mobile.pipeline.runner import StageContext
-from mbv3_mobile.pipeline.stages import stage_pictures, task_of, verify_against_eager
+from mbv3_mobile.pipeline.stages import requested_task, stage_pictures, verify_against_eager
 
 VARIANTS = ("fp32", "int8")
 ORT_STYLES = ("runtime", "fixed")
@@ -21,7 +21,7 @@ def check_params(spec, params: dict) -> None:
     from mbv3_mobile.export.onnx import SPEC
     from mbv3_mobile.pipeline.spec import PipelineError
 
-    SPEC.require_task(task_of(params).name)
+    SPEC.require_task(requested_task(params).name)
     bad = [v for v in params.get("variants", []) if v not in VARIANTS]
     if bad:
         raise PipelineError(f"--variants {','.join(bad)}: not one of {', '.join(VARIANTS)}")

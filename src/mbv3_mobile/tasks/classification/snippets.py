@@ -21,3 +21,9 @@ def swift_result(var: str = "logits") -> str:
 def python_result(var: str = "logits") -> str:
     """A numpy array of logits -> the label."""
     return f'open("labels.txt").read().split("\\n")[int({var}.argmax())]'
+
+
+# What the app's function is called and returns (the formats' READMEs wrap the result in it).
+KOTLIN_FUNCTION = ("classify", "String")
+SWIFT_FUNCTION = ("classify", "Int")  # an index into labels.txt
+ORT_KOTLIN_OUTPUT = "(result[0].value as Array<FloatArray>)[0]"  # ai.onnxruntime: the output as logits

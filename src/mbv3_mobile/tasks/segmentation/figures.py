@@ -23,14 +23,16 @@ IoU arithmetic itself is the standard confusion-matrix one (as torchvision's ref
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
 import torch
 
 from mbv3_mobile.verify.compare import power_ratio_db
-from mbv3_mobile.verify.gates import CONFIDENCE, format_value
+from mbv3_mobile.verify.gates import CONFIDENCE, format_value, with_bounds
 
 IGNORE = 255  # VOC / Cityscapes: pixels labelled 255 count for nothing
 KEYS = ("images", "pixels", "pixel_agreement", "min_picture_agreement", "snr_db", "max_abs_dlogit")
@@ -156,6 +158,15 @@ def miou(confusion: np.ndarray) -> np.ndarray:
     return np.nanmean(iou_per_class(confusion), axis=-1)
 
 
+def miou_interval(per_picture: np.ndarray, *, reps: int = BOOTSTRAP_REPS, seed: int = 0) -> list[float]:
+    """One-sided 95 % (lower, upper) BCa bounds of the mIoU of N per-picture C x C confusion matrices:
+    pictures are resampled (their pixels are not independent), seeded so they do not depend on the run."""
+    n, c = per_picture.shape[0], per_picture.shape[-1]
+    rows = per_picture.reshape(n, c * c).astype(np.float64)
+    weights = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=reps).astype(np.float64)
+    return _bca(lambda t: miou(t.reshape(-1, c, c)), rows, weights)
+
+
 def pixel_accuracy(confusion: np.ndarray) -> float:
     return float(np.trace(confusion) / max(confusion.sum(), 1))
 
@@ -195,3 +206,95 @@ _TEXT_KEYS = ("images", "pixels", "miou", "reference_miou", "miou_drop", "pixel_
 def text(figures: dict) -> str:
     """Indented `name value` lines, for a gate-failure message."""
     return "\n".join(f"  {k:<22} {format_value(k, figures[k])}" for k in _TEXT_KEYS if k in figures)
+
+
+def streamed(reference, candidate, images: torch.Tensor, masks: torch.Tensor | None, *, num_classes: int,
+             batch: int = 16, progress: bool = False, desc: str = "comparing") -> dict:
+    """The figures of `candidate(x)` against `reference(x)` (callables on normalised pictures),
+    computed `batch` pictures at a time: memory holds one batch of logits, whatever the picture count."""
+    from tqdm.auto import tqdm
+
+    comparison = MaskComparison(num_classes)
+    for s in tqdm(range(0, len(images), batch), desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
+        x = images[s : s + batch]
+        comparison.add(reference(x), candidate(x), None if masks is None else masks[s : s + batch])
+    return comparison.figures()
+
+
+def table(rows: dict[str, dict], *, label: str = "variant",
+          lead: tuple[str, Callable[[dict], object]] = ("pictures", lambda f: f["images"]), verdict: bool = False) -> str:
+    """Markdown, one row per entry: `label`, the `lead` column, then mIoU, its drop and the pixel
+    agreement with their bounds, the worst picture's agreement, SNR, max |dlogit| (and the verdict)."""
+    head, value = lead
+    cols = [label, head, "mIoU", "mIoU drop [bounds]", "pixel agreement [bounds]", "worst picture", "SNR",
+            "max abs dlogit"] + (["verdict"] if verdict else [])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for name, f in rows.items():
+        if "skipped" in f:
+            lines.append(f"| {name} | {value(f)} | " + "– | " * (len(cols) - 3) + f"skipped: {f['skipped']} |")
+            continue
+        cells = [name, value(f), format_value("miou", f.get("miou")), with_bounds(f, "miou_drop"),
+                 with_bounds(f, "pixel_agreement"), format_value("min_picture_agreement", f["min_picture_agreement"]),
+                 with_bounds(f, "snr_db"), f"{f['max_abs_dlogit']:.2e}"] + ([f["gate"]] if verdict else [])
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def parity_table(rows: dict[str, dict]) -> str:
+    return table(rows, label="format", lead=("gate table", lambda f: f["precision"]), verdict=True)
+
+
+def summary_line(figures: dict) -> str:
+    miou_text = f"mIoU {format_value('miou', figures['miou'])}  " if "miou" in figures else ""
+    return (f"{miou_text}pixel agreement {format_value('pixel_agreement', figures['pixel_agreement'])}"
+            f"  max|dlogit| {figures['max_abs_dlogit']:.2e}")
+
+
+def parity_plot(rows: dict[str, dict], path: Path) -> None:
+    """max |dlogit| (log) and pixel disagreement (log, with its upper bound) per entry, and the mIoU
+    drop with bounds when masks were given; red: failed, orange: inconclusive."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = {k: v for k, v in rows.items() if "skipped" not in v}
+    names = list(rows)
+    colors = [{"fail": "tab:red", "inconclusive": "tab:orange"}.get(rows[n]["gate"], "tab:blue") for n in names]
+    labelled = bool(names) and all("miou_drop" in rows[n] for n in names)
+    fig, axes = plt.subplots(1, 3 if labelled else 2, figsize=(15 if labelled else 11, 0.45 * len(names) + 1.8))
+    axes[0].barh(names, [max(rows[n]["max_abs_dlogit"], 1e-9) for n in names], color=colors)
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("max |Δlogit| vs eager fp32 (log)")
+    off = [max(1 - rows[n]["pixel_agreement"], 1e-7) for n in names]
+    worst = [max(1 - rows[n]["bounds"]["pixel_agreement"][0], 1e-7) for n in names]
+    axes[1].barh(names, [100 * v for v in off], color=colors,
+                 xerr=[[0] * len(names), [100 * (w - o) for w, o in zip(worst, off)]], capsize=3)
+    axes[1].set_xscale("log")
+    axes[1].set_xlabel("pixels whose class differs from eager (%, log; bar: upper bound)")
+    if labelled:
+        drops = [100 * rows[n]["miou_drop"] for n in names]
+        err = [[100 * (rows[n]["miou_drop"] - rows[n]["bounds"]["miou_drop"][0]) for n in names],
+               [100 * (rows[n]["bounds"]["miou_drop"][1] - rows[n]["miou_drop"]) for n in names]]
+        axes[2].barh(names, drops, color=colors, xerr=err, capsize=3)
+        axes[2].axvline(0, color="k", lw=1)
+        axes[2].set_xlabel("mIoU drop vs eager fp32 (pt), 95 % one-sided bounds")
+    for ax in axes:
+        ax.invert_yaxis()
+    for ax in axes[1:]:
+        ax.set_yticklabels([])
+    fig.suptitle("segmentation parity with eager PyTorch fp32 on the same real pictures (red: failed, orange: inconclusive)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def reference_figures(rows: dict[str, dict]) -> dict:
+    """What a parity report says of the reference itself: its mIoU and pixel accuracy with masks."""
+    first = next((r for r in rows.values() if "reference_miou" in r), {})
+    return {"reference_miou": first.get("reference_miou"), "reference_pixel_accuracy": first.get("reference_pixel_accuracy")}
+
+
+def reference_text(rows: dict[str, dict]) -> str:
+    value = reference_figures(rows)["reference_miou"]
+    return f" (mIoU {100 * value:.2f} %)" if value is not None else ""

@@ -12,10 +12,12 @@ ALPHA = 0.55  # the mask's share of a blended pixel: the picture stays readable 
 
 
 def palette(num_classes: int) -> np.ndarray:
-    """(num_classes, 3) uint8 RGB: class 0 (background) black, then matplotlib's tab20 colours."""
+    """(num_classes, 3) uint8 RGB: class 0 (background) black, then matplotlib's tab10 colours (tab20,
+    whose neighbours are pairs of one hue, beyond 10 classes)."""
     from matplotlib import colormaps
 
-    colours = [(0, 0, 0)] + [tuple(int(255 * c) for c in colormaps["tab20"](i % 20)[:3]) for i in range(num_classes - 1)]
+    table = colormaps["tab10" if num_classes <= 11 else "tab20"]
+    colours = [(0, 0, 0)] + [tuple(int(255 * c) for c in table(i % table.N)[:3]) for i in range(num_classes - 1)]
     return np.array(colours[:num_classes], np.uint8)
 
 
