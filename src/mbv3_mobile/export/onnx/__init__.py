@@ -15,4 +15,5 @@ SPEC = register_format(FormatSpec(
     harness_target=None,
     app_platform="any (ONNX Runtime)",
     extensions=(".onnx", ".ort"),
+    tasks=("classification", "segmentation"),
 ))

@@ -125,6 +125,7 @@ def ep_coverage(path: str | os.PathLike) -> dict:
         optimized = Path(tmp) / "optimized.onnx"
         optimize_model(Path(path), optimized, use_external_initializers=True)
         model = ModelProtoWithShapeInfo(optimized).model_with_shape_info
+    _mark_absent_inputs_fixed(model)
     dynamic_inputs, _ = uc.check_shapes(model.graph, quiet)
     out = {}
     for ep, table in EPS.items():
@@ -143,6 +144,17 @@ def ep_coverage(path: str | os.PathLike) -> dict:
                    "caveats": info.supported_ops_checker.get_caveats()}
     counts = _counts(f"{n.domain or 'ai.onnx'}:{n.op_type}" for n in model.graph.node)
     return {"eps": out, "dynamic_inputs": [i.name for i in dynamic_inputs], "checked_op_counts": counts}
+
+
+def _mark_absent_inputs_fixed(model) -> None:
+    """The checker (ORT 1.32) counts an omitted optional input ("", e.g. Resize's roi and scales when
+    it is given sizes) as a tensor of unknown shape, and leaves that node on the CPU "for a dynamic
+    input shape"; ORT's own partitioner skips absent inputs. A value_info entry named "" with a fixed
+    shape makes the checker do the same. Only the checker's copy of the graph is changed."""
+    import onnx
+
+    if any(name == "" for node in model.graph.node for name in node.input):
+        model.graph.value_info.append(onnx.helper.make_tensor_value_info("", onnx.TensorProto.FLOAT, [1]))
 
 
 def _counts(items) -> dict[str, int]:
