@@ -356,6 +356,37 @@ def _reduce_mean(op, a, batch):
     return (np.mean(x, axis=axes, keepdims=keep, dtype=np.float32),)
 
 
+def _bilinear_axis(n_in: int, n_out: int, align_corners: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lower index, upper index, upper weight) per output position along one axis, by the grid
+    MIL's upsample_bilinear documents (coremltools ops/defs/iOS15/image_resizing.py)."""
+    i = np.arange(n_out, dtype=np.float64)
+    if align_corners:
+        grid = i * ((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0)
+    else:
+        spacing = n_in / n_out
+        grid = i * spacing + 0.5 * spacing - 0.5
+    grid = np.clip(grid, 0, n_in - 1)
+    lo = np.floor(grid).astype(np.int64)
+    hi = np.minimum(lo + 1, n_in - 1)
+    return lo, hi, (grid - lo).astype(np.float32)
+
+
+@_kernel("upsample_bilinear")
+def _upsample_bilinear(op, a, batch):
+    x = _f32(a["x"])
+    h, w = x.shape[-2:]
+    sh, sw = float(_scalar(a.get("scale_factor_height", 1))), float(_scalar(a.get("scale_factor_width", 1)))
+    align = bool(_scalar(a.get("align_corners", True)))
+    if a.get("half_pixel_centers") is not None and bool(_scalar(a["half_pixel_centers"])) == align:
+        raise MILInterpreterError(f"op {op.name!r} (upsample_bilinear): half_pixel_centers={not align} with "
+                                  f"align_corners={align} is not implemented")
+    ho, wo = int(np.floor(h * sh)), int(np.floor(w * sw))  # the output size; the grid is recomputed from it
+    y0, y1, wy = _bilinear_axis(h, ho, align)
+    x0, x1, wx = _bilinear_axis(w, wo, align)
+    rows = x[..., y0, :] * (1 - wy)[:, None] + x[..., y1, :] * wy[:, None]
+    return ((rows[..., x0] * (1 - wx) + rows[..., x1] * wx).astype(np.float32),)
+
+
 @_kernel("softmax")
 def _softmax(op, a, batch):
     x = _f32(a["x"])

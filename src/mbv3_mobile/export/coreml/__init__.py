@@ -16,4 +16,5 @@ SPEC = register_format(FormatSpec(
     harness_target="ios",
     app_platform="iOS",
     extensions=(".mlpackage", ".mlpackage.zip", ".pte (Core ML delegate)"),
+    tasks=("classification", "segmentation"),
 ))

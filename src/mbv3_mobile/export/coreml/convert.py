@@ -195,6 +195,15 @@ class AppClassifier(nn.Module):
         return torch.softmax(logits, dim=1), logits
 
 
+class AppDenseModel(AppClassifier):
+    """A dense-output model (segmentation): pixels in [0, 1] -> logits N x C x R x R, as a MultiArray
+    (Vision hands it back as a VNCoreMLFeatureValueObservation); no classifier op, no softmax: the
+    app's label map is the argmax, which softmax does not change."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) / self.std)
+
+
 # ---------------------------------------------------------------- export result
 
 
@@ -342,8 +351,10 @@ def convert_to_mlmodel(
     compression: str | None = None,
     weight_threshold: int = DEFAULT_WEIGHT_THRESHOLD,
     metadata: AppMetadata | None = None,
+    classifier: bool = True,
 ):
     """Convert in memory; returns (coremltools MLModel, source_map). Nothing is written.
+    `classifier=False`: a dense-output model (segmentation), logits only (`AppDenseModel`).
 
     `model` is the bare network (normalised NCHW float in, logits out); it is put in eval mode.
     The Core ML model takes an RGB image and does the normalisation itself (see `AppClassifier`).
@@ -352,11 +363,11 @@ def convert_to_mlmodel(
 
     num_classes = getattr(getattr(model, "config", None), "num_classes", None)
     if num_classes is None:
-        num_classes = _head_width(model, preprocessing.resolution)
+        num_classes = _head_width(model, preprocessing.resolution) if classifier else 0
     target = check_request(num_classes, labels, precision=precision, deployment_target=deployment_target,
                            compression=compression, preprocessing=preprocessing)
     labels = list(labels)
-    wrapped = AppClassifier(model, preprocessing).eval()
+    wrapped = (AppClassifier if classifier else AppDenseModel)(model, preprocessing).eval()
     ep = export_program(wrapped, preprocessing.resolution)
     check_convertible(ep)
     r = preprocessing.resolution
@@ -371,7 +382,8 @@ def convert_to_mlmodel(
                 ep,
                 inputs=[image],
                 outputs=[ct.TensorType(name=_PROBS_VAR, dtype=np.float32),
-                         ct.TensorType(name=LOGITS_OUTPUT, dtype=np.float32)],
+                         ct.TensorType(name=LOGITS_OUTPUT, dtype=np.float32)] if classifier else
+                        [ct.TensorType(name=LOGITS_OUTPUT, dtype=np.float32)],
                 convert_to="milinternal",
                 minimum_deployment_target=_ct_target(target),
                 compute_precision=ct_prec,
@@ -387,7 +399,7 @@ def convert_to_mlmodel(
                 compute_precision=ct.precision.FLOAT32,  # no second fp16 pass: step one did it
                 pass_pipeline=ct.PassPipeline(["common::dead_code_elimination"], pipeline_name="mbv3_cleanup"),
                 classifier_config=ct.ClassifierConfig(labels, predicted_feature_name=LABEL_OUTPUT,
-                                                      predicted_probabilities_output=_PROBS_VAR),
+                                                      predicted_probabilities_output=_PROBS_VAR) if classifier else None,
                 skip_model_load=True,
             )
         except (NotImplementedError, ValueError) as exc:  # a rejection check_convertible could not foresee
@@ -454,6 +466,7 @@ def export_coreml(
     compression: str | None = None,
     weight_threshold: int = DEFAULT_WEIGHT_THRESHOLD,
     metadata: AppMetadata | None = None,
+    classifier: bool = True,
 ) -> CoreMLExport:
     """Build the app-ready classifier `.mlpackage` at `out_path` (atomically) and describe it.
 
@@ -473,7 +486,8 @@ def export_coreml(
     start = time.perf_counter()
     mlmodel, source_map = convert_to_mlmodel(model, preprocessing, labels, precision=precision,
                                              deployment_target=deployment_target, compression=compression,
-                                             weight_threshold=weight_threshold, metadata=metadata)
+                                             weight_threshold=weight_threshold, metadata=metadata,
+                                             classifier=classifier)
     _save_package(mlmodel, out_path)
     seconds = time.perf_counter() - start
     ops = program_op_counts(mlmodel.get_spec())

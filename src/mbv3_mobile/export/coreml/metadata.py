@@ -43,7 +43,7 @@ def _apply_metadata(mlmodel, *, model_name: str, preprocessing: Preprocessing, l
     mlmodel.license = meta.license
     mlmodel.version = meta.version or _package_version()
     mlmodel.short_description = meta.short_description or (
-        f"{model_name} image classifier ({len(labels)} classes: {', '.join(labels[:4])}"
+        f"{model_name} {'image classifier' if 'classLabel' in {o.name for o in mlmodel.get_spec().description.output} else 'semantic segmentation'} ({len(labels)} classes: {', '.join(labels[:4])}"
         f"{', ...' if len(labels) > 4 else ''}), {precision} ML program for {target}+"
         + (f", weights compressed: {COMPRESSIONS[compression].description}" if compression else "")
     )
@@ -54,11 +54,17 @@ def _apply_metadata(mlmodel, *, model_name: str, preprocessing: Preprocessing, l
         + f"({preprocessing.interpolation}), as in training; the model scales pixels by 1/255 and "
         f"normalises per channel with mean={_fmt(preprocessing.mean)}, std={_fmt(preprocessing.std)} itself."
     )
-    mlmodel.output_description[LABEL_OUTPUT] = "Most likely class label"
-    mlmodel.output_description[PROBS_OUTPUT] = "Probability of each class label (softmax of the logits)"
-    mlmodel.output_description[LOGITS_OUTPUT] = (
-        "Raw class scores before softmax, in label order (for numeric parity checks)"
-    )
+    outputs = {o.name for o in mlmodel.get_spec().description.output}
+    if LABEL_OUTPUT in outputs:
+        mlmodel.output_description[LABEL_OUTPUT] = "Most likely class label"
+        mlmodel.output_description[PROBS_OUTPUT] = "Probability of each class label (softmax of the logits)"
+        mlmodel.output_description[LOGITS_OUTPUT] = (
+            "Raw class scores before softmax, in label order (for numeric parity checks)"
+        )
+    else:  # a dense-output model (segmentation)
+        mlmodel.output_description[LOGITS_OUTPUT] = (
+            f"Class scores per pixel, 1 x {len(labels)} x {r} x {r} (MultiArray, labels in mbv3.labels order); "
+            "the label map is their argmax over the classes")
     ud = mlmodel.user_defined_metadata
     ud["mbv3.preprocessing"] = json.dumps(preprocessing.to_dict())
     ud["mbv3.normalization"] = (

@@ -16,6 +16,7 @@ from mbv3_mobile.export.coreml.notes import deployment_notes
 from mbv3_mobile.pipeline.contracts import VerifyFigures
 from mbv3_mobile.pipeline.publish import publication, publish, ship, write_manifest
 from mbv3_mobile.pipeline.runner import StageContext
+from mbv3_mobile.tasks import get_task
 
 
 def artifact_name(params: dict, variant: str) -> str:
@@ -45,7 +46,7 @@ def package(ctx: StageContext) -> dict:
             "input": {"name": cm.INPUT_NAME, "type": "ImageType", "color": "RGB", "size": [resolved.resolution] * 2,
                       "normalisation": "inside the program: x/255, then (x - mean) / std per channel",
                       "preprocessing_in_program": True},
-            "outputs": {"classLabel": "string", "classLabel_probs": "label -> probability", "logits": "float32 (1, C)"},
+            "outputs": get_task(resolved.task).module("snippets").COREML_OUTPUTS,
             "variants": {v: {"file": files[v], "package": files[v], **ctx.upstream("convert", v).meta["export"],
                              "gate": pub.verdicts[v], "verify": _verify_entry(VerifyFigures.of(ctx.upstream("verify", v)))}
                          for v in variants},
@@ -71,10 +72,12 @@ def _readme(pub, params, files, et_meta) -> str:
     geometry = (f"resize the shorter side to {pre.resize_shorter} px, then the centre {pre.resolution}x{pre.resolution} "
                 "crop (the Swift below crops, Vision scales)" if pre.resize_shorter else
                 f"the whole picture to {pre.resolution}x{pre.resolution}, no crop")
+    task_snippets = get_task(resolved.task).module("snippets")
     template = Template((Path(__file__).parent / "app_readme.md").read_text())
     return template.substitute(
         name=pub.name, deployment_target=params["deployment_target"], model_name=resolved.model_name,
         first_package=files[variants[0]], class_name=params["class_name"], input_name=cm.INPUT_NAME,
         resolution=pre.resolution, geometry=geometry, preset=pre.preset, mean=pre.mean, std=pre.std, listing=listing,
         pte=pte, swift_crop=snippets.swift_crop(pre), python=snippets.python(pre), pictures=pub.pictures_text,
-        table=pub.table)
+        table=pub.table, kind=task_snippets.COREML_KIND, vision=task_snippets.vision_request(),
+        outputs=", ".join(f"`{k}` ({v})" for k, v in task_snippets.COREML_OUTPUTS.items()))

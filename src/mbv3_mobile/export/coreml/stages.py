@@ -47,8 +47,9 @@ def convert(ctx: StageContext) -> dict:
     meta = cm.AppMetadata(author=ctx.params["author"], license=ctx.params["license"])
     target = ctx.params["deployment_target"]
     ctx.log(f"coremltools: {precision}{' + ' + compression if compression else ''}, target {target}")
+    # a classifier gets Core ML's classifier op (label + probabilities); other tasks their logits
     result = cm.export_coreml(model, pre, labels, ctx.out("package"), precision=precision, compression=compression,
-                              deployment_target=target, metadata=meta)
+                              deployment_target=target, metadata=meta, classifier=ctx.resolved.task == "classification")
     ctx.out("source_map").write_text(json.dumps(result.source_map))
     return {"export": result.to_dict(), "precision": precision, "compression": compression}
 

@@ -63,6 +63,7 @@ def _readme(pub, threads: dict[str, ThreadsPick]) -> str:
         macs=f"{resolved.macs / 1e6:.1f}", resolution=pre.resolution, files=files, preset=pre.preset,
         rule=pre.describe(), output=snippets_of_task.output_text(resolved), result=snippets_of_task.kotlin_result("logits"),
         function=snippets_of_task.KOTLIN_FUNCTION[0], returns=snippets_of_task.KOTLIN_FUNCTION[1],
+        overlay=snippets_of_task.kotlin_overlay(),
         artifact=f"{ARTIFACT[variants[-1]]}.pte", kotlin=snippets.kotlin(pre), python=snippets.python(pre),
         pictures=pub.pictures_text, table=pub.table, threads=threads[variants[-1]].recommended,
         threads_table=threads_table({f"{ARTIFACT[v]}.pte": threads[v] for v in variants}))

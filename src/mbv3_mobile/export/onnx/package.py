@@ -106,7 +106,9 @@ def _readme(pub, dynamic: bool, coverage: dict, ort_as_checked: bool, threads: d
         input_name=ox.INPUT_NAME, output_name=ox.OUTPUT_NAME, resolution=pre.resolution, preset=pre.preset,
         batch="N (dynamic: the server option)" if dynamic else "1 (fixed, as NNAPI and the Core ML EP want)",
         rule=pre.describe(), output=task_snippets.output_text(resolved), python=snippets.python(pre),
-        python_result=task_snippets.python_result("logits"), pictures=pub.pictures_text, table=pub.table,
+        python_result=task_snippets.python_result("logits"),
+        python_overlay=("\n" + f"label_map = {task_snippets.python_result('logits')}\n" + task_snippets.python_overlay())
+        if task_snippets.python_overlay() else "", pictures=pub.pictures_text, table=pub.table,
         kotlin=app_snippets.kotlin(pre, input_name=ox.INPUT_NAME, model=ORT_FILES[variants[0]], threads=first,
                                    int8_model=ORT_FILES["int8"] if "int8" in variants else None,
                                    result=task_snippets.kotlin_result("logits"),

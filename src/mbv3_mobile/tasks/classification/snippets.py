@@ -27,3 +27,22 @@ def python_result(var: str = "logits") -> str:
 KOTLIN_FUNCTION = ("classify", "String")
 SWIFT_FUNCTION = ("classify", "Int")  # an index into labels.txt
 ORT_KOTLIN_OUTPUT = "(result[0].value as Array<FloatArray>)[0]"  # ai.onnxruntime: the output as logits
+
+# Core ML: what the package outputs, and the Vision request that reads it
+COREML_KIND = "classifier"
+COREML_OUTPUTS = {"classLabel": "string", "classLabel_probs": "label -> softmax probability", "logits": "float32 (1, C)"}
+
+
+def vision_request() -> str:
+    return """let request = VNCoreMLRequest(model: model) { request, _ in
+    guard let best = (request.results as? [VNClassificationObservation])?.first else { return }
+    print(best.identifier, best.confidence)
+}"""
+
+
+def kotlin_overlay() -> str:
+    return ""  # a label is the result; nothing to draw
+
+
+def python_overlay(var: str = "label") -> str:
+    return ""
