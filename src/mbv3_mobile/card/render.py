@@ -160,6 +160,17 @@ def _parity(card: dict) -> list[str]:
     if not p:
         L += [f"Not run for this card. Run `{card['reproduce']['parity']}`, then "
               f"`{card['reproduce']['card'].split(' [')[0]} --parity dist/parity/{card['name']}/report`.", ""]
+    elif card.get("task", "classification") != "classification":
+        from mbv3_mobile.tasks import get_task
+
+        rows = {r["row"]: r for r in p["rows"]}
+        reference = (f"; reference eager fp32 mIoU {_pct(p['reference_miou'])} %" if p.get("reference_miou") is not None
+                     else "")
+        L += [f"{p['images']} real images ({p['data']}){reference}. Source `{p['source']}`.", "",
+              get_task(card["task"]).module("figures").parity_table(rows)]
+        if p["failures"]:
+            L += ["", "Gate failures: " + "; ".join(p["failures"])]
+        L += ["", f"Reproduce: `{p['reproduce']}`", ""]
     else:
         L += [f"{p['images']} real images ({p['data']}); reference eager fp32 top-1 {_pct(p['reference_top1'])} %. "
               f"Source `{p['source']}`.", "",

@@ -82,9 +82,9 @@ def load_parity(path: str | os.PathLike, manifest: dict) -> dict:
     if not isinstance(rows, dict) or not rows or not isinstance(data.get("images"), int):
         raise ModelCardError(f"parity report {path} is malformed: needs 'images' (int) and a non-empty 'rows' "
                              "object (write it with `nox -s parity`)")
+    task_keys = tuple(k for k in figures_of(manifest).KEYS if k != "images")
     for name, r in rows.items():
-        needed = ("precision", "skipped") if isinstance(r, dict) and "skipped" in r else (
-            "precision", "top1_agreement", "max_abs_dlogit", "min_cosine")
+        needed = ("precision", "skipped") if isinstance(r, dict) and "skipped" in r else ("precision", *task_keys)
         if not isinstance(r, dict) or any(k not in r for k in needed):
             raise ModelCardError(f"parity report {path}: row {name!r} is malformed (needs {', '.join(needed)})")
     if data.get("model") != manifest["model"]["name"]:
@@ -96,11 +96,13 @@ def load_parity(path: str | os.PathLike, manifest: dict) -> dict:
             out_rows.append({"row": name, "format": r.get("format"), "pipeline": r.get("pipeline"), "precision": r["precision"],
                              "skipped": r["skipped"]})
             continue
-        out_rows.append({"row": name, **{k: r.get(k) for k in (
+        figures = figures_of(manifest)
+        out_rows.append({"row": name, **{k: r.get(k) for k in dict.fromkeys((
             "format", "pipeline", "precision", "images", "top1", "top1_drop", "top1_agreement", "max_abs_dlogit",
-            "mean_abs_dlogit", "min_cosine", "snr_db", "bounds", "gate", "note")}})
+            "mean_abs_dlogit", "min_cosine", "snr_db", "bounds", "gate", "note", *figures.KEYS, *figures.LABELLED_KEYS))}})
     return {"source": str(path.resolve()), "sha256": sha256(path), "model": data["model"], "images": data["images"],
-            "data": data.get("data", "unknown"), "reference_top1": data.get("reference_top1"), "rows": out_rows,
+            "data": data.get("data", "unknown"), "reference_top1": data.get("reference_top1"),
+            "reference_miou": data.get("reference_miou"), "rows": out_rows,
             "failures": list(data.get("failures") or []),
             "inconclusive": list(data.get("inconclusive") or []), "params": data.get("params") or {}, "created_on": data.get("platform"),
             "command": shlex.join(map(str, data["command"])) if isinstance(data.get("command"), list) else data.get("command")}

@@ -21,7 +21,6 @@ import torch
 
 from mbv3_mobile.core.atomic import atomic_dir
 from mbv3_mobile.crossformat.formats import plan_formats, run_formats
-from mbv3_mobile.data.selection import choose, pictures
 from mbv3_mobile.pipeline.publish import environment, gates_of, write_json
 from mbv3_mobile.pipeline.runner import check_params
 from mbv3_mobile.pipeline.spec import GateFailure, PipelineSpec, load_pipeline
@@ -46,8 +45,10 @@ class ParityResult:
         return [j["message"] for j in blocking(judged, inconclusive)]
 
 
-def evaluate_entries(entries: list[Candidate], reference: torch.Tensor, images: torch.Tensor, labels: torch.Tensor | None,
-                     spec: PipelineSpec, task: TaskSpec, *, progress: bool = True) -> ParityResult:
+def evaluate_entries(entries: list[Candidate], reference, images: torch.Tensor, labels: torch.Tensor | None,
+                     spec: PipelineSpec, task: TaskSpec, *, progress: bool = True, num_classes: int = 0) -> ParityResult:
+    """`reference`: the eager outputs, or for a task with a streamed comparison the function that
+    computes them for a batch (outputs per pixel are never held for every picture)."""
     figures_of_task = task.module("figures")
     rows: dict[str, dict] = {}
     failures: list[str] = []
@@ -57,7 +58,10 @@ def evaluate_entries(entries: list[Candidate], reference: torch.Tensor, images: 
             rows[entry.name] = {"format": entry.format, "precision": entry.gate, "skipped": entry.skipped}
             continue
         t0 = time.perf_counter()
-        figures = figures_of_task.compare(reference, entry.run(images), labels)
+        if callable(reference):
+            figures = figures_of_task.streamed(reference, entry.run, images, labels, num_classes=num_classes)
+        else:
+            figures = figures_of_task.compare(reference, entry.run(images), labels)
         table = task.gate_table(entry.gate, labels is not None, spec.gates)
         judged = check_gates(figures, spec.gates.get(table, ()))
         verdict = gate_verdict(judged)
@@ -137,13 +141,19 @@ def run_parity(params: dict, *, progress: bool = True) -> tuple[ParityResult, Pa
     resolved = plan[0].resolved
     task = get_task(resolved.task)
     model, pre, labels = resolved.load()
-    source, labelled = choose(given=p["eval_data"], images=p["images"], labels=labels, purpose="eval")
-    pics = pictures(source, labelled, pre, labels, split="test", limit=p["pictures"] or None)
+    outputs = task.module("outputs")
+    pics = outputs.pictures(given=p["eval_data"], images=p["images"], labels=list(labels), pre=pre, purpose="eval",
+                            split="test", limit=p["pictures"] or None, what="--eval-data" if p["eval_data"] else "--images")
     images, y = pics.normalized(pre), pics.labels
     if progress:
-        print(f"[parity] {len(pics)} pictures from {pics.source} ({'labelled' if labelled else 'unlabelled: label-free gates'})")
-    reference = task.module("outputs").reference(model, images)
-    result = evaluate_entries(entries, reference, images, y, spec, task, progress=progress)
+        print(f"[parity] {len(pics)} pictures from {pics.source} "
+              f"({'labelled' if pics.labelled else 'unlabelled: label-free gates'})")
+    if hasattr(task.module("figures"), "streamed"):
+        reference = lambda batch: outputs.reference(model, batch)  # noqa: E731 - computed a batch at a time
+    else:
+        reference = outputs.reference(model, images)
+    result = evaluate_entries(entries, reference, images, y, spec, task, progress=progress,
+                              num_classes=resolved.num_classes)
     for row in result.rows.values():
         row["pipeline"] = pipelines[row["format"]]
     failing = {f.split(":")[0] for f in result.failures}

@@ -89,8 +89,9 @@ def get_format(name: str) -> FormatSpec:
 
 def format_table() -> str:
     """The README's format table, generated from the registry (a test keeps the README in step)."""
-    lines = ["| format | pipeline | nox session | platform | artifacts | verified with |", "|---|---|---|---|---|---|"]
+    lines = ["| format | pipeline | nox session | platform | tasks | artifacts | verified with |",
+             "|---|---|---|---|---|---|---|"]
     for s in list_formats():
         lines.append(f"| {s.title} | `{s.pipeline}` | `nox -s export_{s.pipeline}` | {s.app_platform} | "
-                     f"{', '.join(f'`{e}`' for e in s.extensions)} | {s.verify_runtime} |")
+                     f"{', '.join(s.tasks)} | {', '.join(f'`{e}`' for e in s.extensions)} | {s.verify_runtime} |")
     return "\n".join(lines)

@@ -72,7 +72,7 @@ def pictures(*, given: str, images: str, labels: list[str], pre: Preprocessing, 
     'composite', with masks), then --images (masks when it is a segmentation folder), then the
     composite test bed for a model of its classes, then the sample photos (no masks)."""
     if purpose == "train":
-        raise DataError("QAT is not available for segmentation: use --quant ptq (its calibration needs no masks)")
+        raise DataError("QAT is not available for segmentation: use --quant fp32,ptq (parity and bench: --android-quant fp32,ptq); PTQ calibration needs no masks")
     for spec, flag in ((given, what), (images, "--images")):
         if not spec:
             continue
@@ -94,10 +94,15 @@ def check_pictures(*, given: str, images: str, labels: list[str], purpose: str, 
     from mbv3_mobile.data.selection import check_picture_folder
 
     if purpose == "train":
-        raise DataError("QAT is not available for segmentation: use --quant ptq (its calibration needs no masks)")
+        raise DataError("QAT is not available for segmentation: use --quant fp32,ptq (parity and bench: --android-quant fp32,ptq); PTQ calibration needs no masks")
     for spec, flag in ((given, what), (images, "--images")):
         if not spec or spec == COMPOSITE:
             continue
+        if spec == SAMPLES:  # the photos in the scikit-image wheel: no masks, label-free figures
+            if purpose == "eval" and spec == given:
+                raise DataError(f"{flag} samples: a segmentation check needs masks; the sample photos have none "
+                                "(use --images samples for the label-free figures)")
+            return
         if _is_segmentation_folder(spec):
             scan = scan_segmentation_folder(spec)
             if list(scan.labels) != list(labels):
