@@ -96,6 +96,7 @@ def test_coreml_packages_output_a_multiarray_and_pass_mask_gates(ios):
     assert "VNCoreMLFeatureValueObservation" in readme and "classLabel" not in readme
 
 
+@pytest.mark.slow
 def test_drift_localisation_names_a_broken_backbone_block_and_a_broken_head_module(seg_checkpoint, tmp_path):
     """Deliberately broken ONNX exports of the test segmenter (a depthwise conv of the last stage, or
     the head's 1x1 conv, scaled by 1.05): the first module whose output departs is the one broken."""

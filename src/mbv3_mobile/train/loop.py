@@ -156,6 +156,11 @@ def task_trainer(task: str):
     return trainer
 
 
+def label_smoothing_of(cfg: TrainConfig) -> float:
+    """The label smoothing a run uses: the one it names, else its task's default."""
+    return task_trainer(cfg.task).LABEL_SMOOTHING if cfg.label_smoothing is None else cfg.label_smoothing
+
+
 def _ema_with_warmup(decay: float):
     """EMA whose decay ramps up as (1+n)/(10+n) (timm/TF style), so short runs still get a useful
     average instead of one dominated by the random initialisation."""

@@ -111,8 +111,12 @@ def backbone(model: LRASPP) -> nn.Module:
     return model.backbone
 
 
+LABEL_SMOOTHING = 0.0  # the default when the run names none: torchvision's segmentation recipe uses none
+
+
 def criterion(cfg) -> nn.Module:
-    return nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX, label_smoothing=cfg.label_smoothing or 0.0)
+    return nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX,
+                               label_smoothing=LABEL_SMOOTHING if cfg.label_smoothing is None else cfg.label_smoothing)
 
 
 def train_transform(cfg, pre: Preprocessing):

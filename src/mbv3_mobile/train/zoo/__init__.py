@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mbv3_mobile.core.errors import UserError
 from mbv3_mobile.core.paths import cache_root
-from mbv3_mobile.train.loop import FINAL_FILE, STATE_FILE, SUMMARY_FILE, TrainConfig, train
+from mbv3_mobile.train.loop import FINAL_FILE, STATE_FILE, SUMMARY_FILE, TrainConfig, label_smoothing_of, train
 from mbv3_mobile.train.shipped import HERE, embedded, shipped  # noqa: F401 - HERE, shipped: re-exported
 
 RECIPES: dict[str, TrainConfig] = {
@@ -56,6 +56,8 @@ def recipe_key(cfg: TrainConfig) -> str:
     from mbv3_mobile.core.code import code_fingerprint
 
     fields = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_KEY}
+    # the smoothing the run uses: a config written before "None = the task's default" keys the same
+    fields["label_smoothing"] = label_smoothing_of(cfg)
     fields["code"] = code_fingerprint("mbv3_mobile.train.loop")
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
