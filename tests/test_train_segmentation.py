@@ -110,6 +110,7 @@ def test_shipped_test_segmenter_keeps_its_recorded_held_out_miou(tmp_path, monke
     ("image without mask", "no mask"),
     ("rgb mask", "RGB"),
     ("class above the labels", "class index 7"),
+    ("no dataset named", "--task segmentation needs masks"),
 ])
 def test_bad_segmentation_input_is_one_line_before_any_training(tmp_path, capsys, monkeypatch, case, needle):
     monkeypatch.setenv("MBV3_CACHE", str(tmp_path / "cache"))
@@ -122,13 +123,15 @@ def test_bad_segmentation_input_is_one_line_before_any_training(tmp_path, capsys
         args += ["--init-checkpoint", resolve("embedded:ci")]
     elif case == "init-backbone for a classifier":
         args = ["train", "--init-backbone", resolve("embedded:ci"), "--no-progress"]
+    elif case == "no dataset named":
+        args = ["train", "--task", "segmentation", "--width", "0.5", "--no-progress"]
     elif case == "mask of another size":
         Image.fromarray(np.zeros((20, 20), np.uint8), "L").save(root / "masks" / "p1.png")
     elif case == "image without mask":
         (root / "masks" / "p2.png").unlink()
     elif case == "rgb mask":
         Image.fromarray(np.zeros((30, 40, 3), np.uint8), "RGB").save(root / "masks" / "p3.png")
-    else:
+    elif case == "class above the labels":
         Image.fromarray(np.full((30, 40), 7, np.uint8), "L").save(root / "masks" / "p0.png")
     out = tmp_path / "run"
     assert main([*args, "--out", str(out)]) == 2

@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 from mbv3_mobile.core.errors import UserError
 from mbv3_mobile.core.paths import cache_root
+from mbv3_mobile.data.datasets import FASHION_MNIST_NAMES
 from mbv3_mobile.data.preprocess import Preprocessing
 from mbv3_mobile.data.segmentation import (
     IGNORE_INDEX,
@@ -49,6 +50,9 @@ def _folder(cfg, spec: str) -> Path:
 
 def check_dataset(cfg) -> None:
     """Pairing and mask headers checked (no pixel decoded) before any worker starts."""
+    if cfg.dataset in FASHION_MNIST_NAMES:
+        raise UserError(f"--task segmentation needs masks: --dataset ROOT (ROOT/images/, ROOT/masks/, ROOT/labels.txt) "
+                        f"or --dataset {COMPOSITE} (the offline test bed); {cfg.dataset!r} is a classification dataset")
     for spec in (cfg.dataset, cfg.val_dataset):
         if spec and spec != COMPOSITE:
             scan_segmentation_folder(spec)
