@@ -59,12 +59,13 @@ class SegmentationReport:
         return "\n".join(lines)
 
 
-def _data(dataset: str, resolution: int, max_images: int | None):
+def _data(dataset: str, pre: Preprocessing, max_images: int | None):
+    """The pictures and masks, by the checkpoint's own preprocessing geometry."""
     if dataset == COMPOSITE:
         folder = composite_folder(cache_root(), split="test", count=max_images or COMPOSITE_TEST_PICTURES,
-                                  resolution=resolution, seed=0)
-        return load_segmentation_folder(folder, resolution), f"composite test split ({max_images or COMPOSITE_TEST_PICTURES})"
-    return load_segmentation_folder(dataset, resolution, limit=max_images), str(dataset)
+                                  resolution=pre.resolution, seed=0)
+        return load_segmentation_folder(folder, pre), f"composite test split ({max_images or COMPOSITE_TEST_PICTURES})"
+    return load_segmentation_folder(dataset, pre, limit=max_images), str(dataset)
 
 
 @torch.no_grad()
@@ -84,7 +85,7 @@ def evaluate_segmentation(checkpoint: str | Path, dataset: str = COMPOSITE, *, m
         notes.append(f"checkpoint stores no preprocessing: ImageNet mean/std at {pre.resolution} px assumed")
     elif resolution and resolution != pre.resolution:
         raise UserError(f"--resolution {resolution} differs from the checkpoint's {pre.resolution} px; omit it")
-    data, name = _data(str(dataset), pre.resolution, max_images)
+    data, name = _data(str(dataset), pre, max_images)
     labels = list(ckpt.labels) if ckpt.labels else list(data.labels)
     if ckpt.labels and list(data.labels) != labels:
         raise UserError(f"{name}/labels.txt names {list(data.labels)[:6]}..., the checkpoint's labels are "
@@ -92,7 +93,8 @@ def evaluate_segmentation(checkpoint: str | Path, dataset: str = COMPOSITE, *, m
     if len(labels) != ckpt.config.num_classes:
         raise UserError(f"{name} has {len(labels)} classes but the checkpoint predicts {ckpt.config.num_classes}")
     c = len(labels)
-    per_picture, sheet = [], []
+    picks = np.linspace(0, len(data) - 1, min(SHEET_PICTURES, len(data))).round().astype(int)
+    per_picture, sheet = [], {}  # the sheet keeps only its own pictures' predictions
     model = ckpt.model.eval()
     for s in range(0, len(data), batch_size):
         x = pre.normalize(data.images[s : s + batch_size].float().div_(255.0))
@@ -100,7 +102,7 @@ def evaluate_segmentation(checkpoint: str | Path, dataset: str = COMPOSITE, *, m
         for truth, guess in zip(data.masks[s : s + batch_size].long(), predicted):
             keep = truth != IGNORE_INDEX
             per_picture.append(confusion_matrix(truth[keep], guess[keep], c))
-        sheet.append(predicted.to(torch.uint8))
+        sheet.update({s + i: predicted[i].to(torch.uint8) for i in range(len(predicted)) if s + i in set(picks.tolist())})
     stack = np.stack(per_picture)
     total = stack.sum(0)
     report = SegmentationReport(
@@ -113,8 +115,7 @@ def evaluate_segmentation(checkpoint: str | Path, dataset: str = COMPOSITE, *, m
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / REPORT_FILE, json.dumps(report.to_dict(), indent=2))
         plot_confusion(total, labels, out / CONFUSION_FILE)
-        picks = np.linspace(0, len(data) - 1, min(SHEET_PICTURES, len(data))).round().astype(int)
-        predicted = torch.cat(sheet)[picks].numpy()
+        predicted = torch.stack([sheet[int(i)] for i in picks]).numpy()
         plot_masks(data.images[picks].permute(0, 2, 3, 1).numpy(), data.masks[picks].numpy(), predicted, labels,
                    out / MASKS_FILE, title=f"{report.model} on {name}: mIoU {100 * report.miou:.1f} %")
     return report

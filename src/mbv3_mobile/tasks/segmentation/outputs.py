@@ -21,6 +21,8 @@ from mbv3_mobile.tasks.segmentation.checkpoint import load_segmentation_checkpoi
 COMPOSITE = "composite"
 COMPOSITE_PICTURES = {"eval": 200, "calib": 200}  # composite pictures a check uses when it names no count
 REFERENCE_BATCH = 16  # N x C x R x R logits: memory per batch grows with R^2
+NO_QAT = ("QAT is not available for segmentation: use --quant fp32,ptq (parity and bench: --android-quant fp32,ptq); "
+          "PTQ calibration needs no masks")
 
 
 def load_checkpoint(path, *, arch: str | None = None, width: float | None = None) -> Checkpoint:
@@ -72,7 +74,7 @@ def pictures(*, given: str, images: str, labels: list[str], pre: Preprocessing, 
     'composite', with masks), then --images (masks when it is a segmentation folder), then the
     composite test bed for a model of its classes, then the sample photos (no masks)."""
     if purpose == "train":
-        raise DataError("QAT is not available for segmentation: use --quant fp32,ptq (parity and bench: --android-quant fp32,ptq); PTQ calibration needs no masks")
+        raise DataError(NO_QAT)
     for spec, flag in ((given, what), (images, "--images")):
         if not spec:
             continue
@@ -94,7 +96,7 @@ def check_pictures(*, given: str, images: str, labels: list[str], purpose: str, 
     from mbv3_mobile.data.selection import check_picture_folder
 
     if purpose == "train":
-        raise DataError("QAT is not available for segmentation: use --quant fp32,ptq (parity and bench: --android-quant fp32,ptq); PTQ calibration needs no masks")
+        raise DataError(NO_QAT)
     for spec, flag in ((given, what), (images, "--images")):
         if not spec or spec == COMPOSITE:
             continue
