@@ -50,13 +50,18 @@ def run(args) -> int:
     report = evaluate(checkpoint, args.dataset or "fashion-mnist", split=args.split, max_images=args.max_images,
                       batch_size=args.batch_size, strict_images=args.strict_images, resolution=args.resolution)
     json_path, png_path = write_report(report, args.out)
-    if args.json:
+    return _show(report, args.json, f"{json_path} and {png_path}")
+
+
+def _show(report, as_json: bool, written: str) -> int:
+    """The report as JSON, or its table, notes and the files written."""
+    if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(report.table())
         for note in report.notes:
             print(f"note: {note}")
-        print(f"[mbv3] wrote {json_path} and {png_path}")
+        print(f"[mbv3] wrote {written}")
     return 0
 
 
@@ -71,11 +76,4 @@ def _segmentation(args, checkpoint) -> int:
 
     report = evaluate_segmentation(checkpoint, args.dataset or "composite", max_images=args.max_images,
                                    batch_size=min(args.batch_size, 64), resolution=args.resolution, out_dir=args.out)
-    if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-    else:
-        print(report.table())
-        for note in report.notes:
-            print(f"note: {note}")
-        print(f"[mbv3] wrote {args.out}/{REPORT_FILE}, {CONFUSION_FILE} and {MASKS_FILE}")
-    return 0
+    return _show(report, args.json, f"{args.out}/{REPORT_FILE}, {CONFUSION_FILE} and {MASKS_FILE}")

@@ -94,6 +94,7 @@ def evaluate_segmentation(checkpoint: str | Path, dataset: str = COMPOSITE, *, m
         raise UserError(f"{name} has {len(labels)} classes but the checkpoint predicts {ckpt.config.num_classes}")
     c = len(labels)
     picks = np.linspace(0, len(data) - 1, min(SHEET_PICTURES, len(data))).round().astype(int)
+    wanted = set(picks.tolist())
     per_picture, sheet = [], {}  # the sheet keeps only its own pictures' predictions
     model = ckpt.model.eval()
     for s in range(0, len(data), batch_size):
@@ -102,7 +103,7 @@ def evaluate_segmentation(checkpoint: str | Path, dataset: str = COMPOSITE, *, m
         for truth, guess in zip(data.masks[s : s + batch_size].long(), predicted):
             keep = truth != IGNORE_INDEX
             per_picture.append(confusion_matrix(truth[keep], guess[keep], c))
-        sheet.update({s + i: predicted[i].to(torch.uint8) for i in range(len(predicted)) if s + i in set(picks.tolist())})
+        sheet.update({s + i: predicted[i].to(torch.uint8) for i in range(len(predicted)) if s + i in wanted})
     stack = np.stack(per_picture)
     total = stack.sum(0)
     report = SegmentationReport(

@@ -5,7 +5,7 @@ pipeline spec can hold rules without importing torch."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 CONFIDENCE = 0.95  # one-sided, for every bound
@@ -194,3 +194,19 @@ def with_bounds(figures: dict, figure: str) -> str:
         lo, hi = figures["bounds"][figure]
         return f"{text} [{format_value(figure, lo)}, {format_value(figure, hi)}]"
     return text
+
+
+def markdown_table(rows: dict[str, dict], columns: list[str], cells, *, label: str,
+                   lead: tuple[str, Callable[[dict], object]], verdict: bool) -> str:
+    """A task's figures as markdown, one row per entry: `label`, the `lead` column, the task's
+    `columns` (their text from `cells(figures)`) and, with `verdict`, the gate. Skipped rows say why."""
+    head, value = lead
+    cols = [label, head, *columns] + (["verdict"] if verdict else [])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for name, f in rows.items():
+        if "skipped" in f:
+            lines.append(f"| {name} | {value(f)} | " + "– | " * (len(cols) - 3) + f"skipped: {f['skipped']} |")
+            continue
+        row = [name, value(f), *cells(f)] + ([f["gate"]] if verdict else [])
+        lines.append("| " + " | ".join(str(c) for c in row) + " |")
+    return "\n".join(lines)

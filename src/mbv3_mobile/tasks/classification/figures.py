@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mbv3_mobile.verify.compare import compare_logits
-from mbv3_mobile.verify.gates import format_value, with_bounds
+from mbv3_mobile.verify.gates import format_value, markdown_table, with_bounds
 
 compare = compare_logits
 
@@ -28,19 +28,11 @@ def table(rows: dict[str, dict], *, label: str = "variant",
           lead: tuple[str, Callable[[dict], object]] = ("pictures", lambda f: f["images"]), verdict: bool = False) -> str:
     """Markdown, one row per entry: `label`, the `lead` column, then top-1, the drop and the agreement
     with their bounds, SNR, max |dlogit|, min cosine (and the gate verdict). Skipped rows say why."""
-    head, value = lead
-    cols = [label, head, "top-1", "drop [bounds]", "top-1 agreement [bounds]", "SNR", "max abs dlogit", "min cosine"]
-    cols += ["verdict"] if verdict else []
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for name, f in rows.items():
-        if "skipped" in f:
-            lines.append(f"| {name} | {value(f)} | " + "– | " * (len(cols) - 3) + f"skipped: {f['skipped']} |")
-            continue
-        cells = [name, value(f), format_value("top1", f.get("top1")), with_bounds(f, "top1_drop"),
-                 with_bounds(f, "top1_agreement"), format_value("snr_db", f["snr_db"]), f"{f['max_abs_dlogit']:.2e}",
-                 f"{f['min_cosine']:.6f}"] + ([f["gate"]] if verdict else [])
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines)
+    return markdown_table(
+        rows, ["top-1", "drop [bounds]", "top-1 agreement [bounds]", "SNR", "max abs dlogit", "min cosine"],
+        lambda f: [format_value("top1", f.get("top1")), with_bounds(f, "top1_drop"), with_bounds(f, "top1_agreement"),
+                   format_value("snr_db", f["snr_db"]), f"{f['max_abs_dlogit']:.2e}", f"{f['min_cosine']:.6f}"],
+        label=label, lead=lead, verdict=verdict)
 
 
 def parity_table(rows: dict[str, dict]) -> str:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from mbv3_mobile.verify.compare import power_ratio_db
-from mbv3_mobile.verify.gates import CONFIDENCE, format_value, with_bounds
+from mbv3_mobile.verify.gates import CONFIDENCE, format_value, markdown_table, with_bounds
 
 IGNORE = 255  # VOC / Cityscapes: pixels labelled 255 count for nothing
 KEYS = ("images", "pixels", "pixel_agreement", "min_picture_agreement", "snr_db", "max_abs_dlogit")
@@ -225,19 +225,12 @@ def table(rows: dict[str, dict], *, label: str = "variant",
           lead: tuple[str, Callable[[dict], object]] = ("pictures", lambda f: f["images"]), verdict: bool = False) -> str:
     """Markdown, one row per entry: `label`, the `lead` column, then mIoU, its drop and the pixel
     agreement with their bounds, the worst picture's agreement, SNR, max |dlogit| (and the verdict)."""
-    head, value = lead
-    cols = [label, head, "mIoU", "mIoU drop [bounds]", "pixel agreement [bounds]", "worst picture", "SNR",
-            "max abs dlogit"] + (["verdict"] if verdict else [])
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for name, f in rows.items():
-        if "skipped" in f:
-            lines.append(f"| {name} | {value(f)} | " + "– | " * (len(cols) - 3) + f"skipped: {f['skipped']} |")
-            continue
-        cells = [name, value(f), format_value("miou", f.get("miou")), with_bounds(f, "miou_drop"),
-                 with_bounds(f, "pixel_agreement"), format_value("min_picture_agreement", f["min_picture_agreement"]),
-                 with_bounds(f, "snr_db"), f"{f['max_abs_dlogit']:.2e}"] + ([f["gate"]] if verdict else [])
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines)
+    return markdown_table(
+        rows, ["mIoU", "mIoU drop [bounds]", "pixel agreement [bounds]", "worst picture", "SNR", "max abs dlogit"],
+        lambda f: [format_value("miou", f.get("miou")), with_bounds(f, "miou_drop"), with_bounds(f, "pixel_agreement"),
+                   format_value("min_picture_agreement", f["min_picture_agreement"]), with_bounds(f, "snr_db"),
+                   f"{f['max_abs_dlogit']:.2e}"],
+        label=label, lead=lead, verdict=verdict)
 
 
 def parity_table(rows: dict[str, dict]) -> str:
