@@ -21,7 +21,7 @@ from mbv3_mobile.data.segmentation import IGNORE_INDEX, composite_folder, load_s
 from mbv3_mobile.tasks.segmentation.checkpoint import load_segmentation_checkpoint
 from mbv3_mobile.tasks.segmentation.figures import confusion_matrix, iou_per_class, miou, miou_interval, pixel_accuracy
 from mbv3_mobile.tasks.segmentation.overlay import plot_masks
-from mbv3_mobile.train.segmentation import COMPOSITE, plot_confusion
+from mbv3_mobile.train.segmentation import COMPOSITE, plot_confusion, predict_batches
 
 COMPOSITE_TEST_PICTURES = 1000  # the held-out composite split: garments and photos training never saw
 REPORT_FILE = "eval.json"
@@ -96,11 +96,9 @@ def evaluate_segmentation(checkpoint: str | Path, dataset: str = COMPOSITE, *, m
     picks = np.linspace(0, len(data) - 1, min(SHEET_PICTURES, len(data))).round().astype(int)
     wanted = set(picks.tolist())
     per_picture, sheet = [], {}  # the sheet keeps only its own pictures' predictions
-    model = ckpt.model.eval()
-    for s in range(0, len(data), batch_size):
-        x = pre.normalize(data.images[s : s + batch_size].float().div_(255.0))
-        predicted = model(x).argmax(1)
-        for truth, guess in zip(data.masks[s : s + batch_size].long(), predicted):
+    for logits, masks in predict_batches(ckpt.model, data, pre, "cpu", batch=batch_size):
+        predicted, s = logits.argmax(1), len(per_picture)
+        for truth, guess in zip(masks, predicted):
             keep = truth != IGNORE_INDEX
             per_picture.append(confusion_matrix(truth[keep], guess[keep], c))
         sheet.update({s + i: predicted[i].to(torch.uint8) for i in range(len(predicted)) if s + i in wanted})

@@ -142,7 +142,7 @@ def correct(logits: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, to
 
 
 @torch.no_grad()
-def _predict(model: nn.Module, data: SegmentationArrays, pre: Preprocessing, device, *, batch: int = 64):
+def predict_batches(model: nn.Module, data: SegmentationArrays, pre: Preprocessing, device, *, batch: int = 64):
     """Per batch: (logits, masks), in order; streamed so memory is one batch of logits."""
     model.eval()
     for s in range(0, len(data), batch):
@@ -153,7 +153,7 @@ def _predict(model: nn.Module, data: SegmentationArrays, pre: Preprocessing, dev
 def _confusion(model, data, pre, device) -> tuple[np.ndarray, float]:
     c = len(data.labels)
     total, loss_sum, labelled = np.zeros((c, c), np.int64), 0.0, 0
-    for logits, masks in _predict(model, data, pre, device):
+    for logits, masks in predict_batches(model, data, pre, device):
         keep = masks != IGNORE_INDEX
         loss_sum += float(F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX, reduction="sum"))
         labelled += int(keep.sum())
@@ -173,7 +173,7 @@ def finish(out: Path, model: nn.Module, val_ds: SegmentationArrays, pre: Preproc
     plot_confusion(confusion, classes, out / CONFUSION_FILE)
     picks = np.linspace(0, len(val_ds) - 1, min(SHEET_PICTURES, len(val_ds))).round().astype(int)
     sample = val_ds.subset(picks)
-    logits = torch.cat([lg for lg, _ in _predict(model, sample, pre, "cpu")])
+    logits = torch.cat([lg for lg, _ in predict_batches(model, sample, pre, "cpu")])
     plot_masks(sample.images.permute(0, 2, 3, 1).numpy(), sample.masks.numpy(), logits.argmax(1).numpy().astype(np.uint8),
                classes, out / MASKS_FILE, title=f"{model.config.name}: validation pictures, mIoU "
                                                  f"{100 * float(miou(confusion)):.1f} %")
