@@ -71,6 +71,9 @@ def test_android_pte_fp32_and_int8_pass_mask_gates_and_output_logits_at_input_si
     readme = files["README.md"].read_text()
     assert "fun segment(picture" in readme and "fun overlay(labelMap" in readme
     assert (files["labels.txt"].read_text().split("\n")[:11]) == list(composite_labels())
+    # the card shows each variant's masks on the same real pictures, and the manifest vouches for the PNG
+    assert "](masks.png)" in files["MODEL_CARD.md"].read_text()
+    assert "masks.png" in {e["path"] for e in manifest["files"]} and files["masks.png"].read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.slow

@@ -107,3 +107,27 @@ def test_masks_with_classes_the_model_lacks_or_other_sizes_are_refused():
         compare_masks(ref, ref, torch.zeros(1, 4, 5))
     with pytest.raises(ValueError, match="logit shapes differ"):
         compare_masks(ref, torch.zeros(1, 3, 4, 5))
+
+
+def test_examples_keep_each_runtimes_label_map_and_draw_one_column_per_variant(tmp_path):
+    from PIL import Image
+
+    from mbv3_mobile.tasks.segmentation.figures import plot_examples, write_examples
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 4, 16, 16, generator=g)  # "pictures" whose logits are the pixels themselves
+    images = torch.randint(0, 256, (3, 3, 16, 16), generator=g, dtype=torch.uint8)
+    truth = x.argmax(1)
+    flipped = torch.roll(x, 1, dims=1)  # a broken runtime: every pixel's class moves by one
+    write_examples(lambda b: b, lambda b: b, x, images, truth, tmp_path / "fp32.npz")
+    write_examples(lambda b: b, lambda b: torch.roll(b, 1, dims=1), x, images, None, tmp_path / "int8.npz")
+    fp32, int8 = np.load(tmp_path / "fp32.npz"), np.load(tmp_path / "int8.npz")
+    assert np.array_equal(fp32["reference"], truth.numpy()) and np.array_equal(fp32["candidate"], fp32["reference"])
+    assert np.array_equal(int8["candidate"], flipped.argmax(1).numpy()) and "truth" not in int8.files
+    assert np.array_equal(fp32["images"], images.permute(0, 2, 3, 1).numpy())
+    plot_examples({"fp32": tmp_path / "fp32.npz", "int8": tmp_path / "int8.npz"}, ["bg", "a", "b", "c"],
+                  tmp_path / "masks.png")
+    with Image.open(tmp_path / "masks.png") as im:
+        w, h = im.size
+    # picture, true mask, eager fp32, fp32, int8 across; one row per picture (2.2 in each, 0.8 in legend)
+    assert w / h == pytest.approx(5 * 2.2 / (3 * 2.2 + 0.8), rel=0.02)

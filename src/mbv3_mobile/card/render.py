@@ -140,12 +140,18 @@ def _task_accuracy(card: dict) -> list[str]:
     from mbv3_mobile.tasks import get_task
 
     rows = {a["variant"]: {**a, "gate": _verdict(a.get("gate"))} for a in card["accuracy"]}
-    table = get_task(card["task"]).module("figures").table(
+    figures_of_task = get_task(card["task"]).module("figures")
+    table = figures_of_task.table(
         rows, lead=("file", lambda f: f"{f['artifact']} ({_mb(f['bytes']) if f.get('bytes') is not None else '–'})"),
         verdict=True)
     L = ["## Accuracy per format", "",
          "Each variant against eager PyTorch fp32 on the same real pictures (the export's verify stage).", "", table, ""]
     L += [f"- {a['variant']}: {a['data']}, gate table `{a.get('gate_table') or '?'}`" for a in card["accuracy"]]
+    picture = getattr(figures_of_task, "EXAMPLES_PICTURE", None)
+    if picture and any(f["path"] == picture for f in card.get("sizes", [])):
+        L += ["", f"![the first test pictures: true masks, eager fp32's and each variant's]({picture})", "",
+              f"`{picture}`: the first test pictures of the verify stages, their true masks (when labelled), eager "
+              "fp32's and each variant's, as the runtimes above produced them."]
     if card["accuracy"]:
         L += ["", f"Evaluated in: {card['accuracy'][0]['runtime']}. Bounds are one-sided 95 % bounds from a paired "
               "bootstrap over pictures (a picture's pixels are not independent); counts are in model_card.json."]

@@ -19,6 +19,9 @@ from typing import Any
 from mbv3_mobile.data.preprocess import Preprocessing
 from mbv3_mobile.pipeline.spec import PipelineError
 
+# A verify stage of a task whose figures module has `write_examples` keeps a few pictures' outputs in
+# this file of its folder (hashed with the stage's files); publishing draws them for the model card.
+EXAMPLES_FILE = "examples.npz"
 
 def _check(result, stage: str, keys) -> dict:
     meta = result.meta

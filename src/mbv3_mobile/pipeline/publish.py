@@ -11,12 +11,12 @@ import json
 import platform
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mbv3_mobile.core.atomic import atomic_dir
 from mbv3_mobile.core.hashing import sha256_file
-from mbv3_mobile.pipeline.contracts import ResolvedModel, ThreadsPick, VerifyFigures
+from mbv3_mobile.pipeline.contracts import EXAMPLES_FILE, ResolvedModel, ThreadsPick, VerifyFigures
 from mbv3_mobile.pipeline.runner import StageContext, StageResult, tool_versions
 from mbv3_mobile.pipeline.spec import PipelineError
 from mbv3_mobile.tasks import get_task
@@ -88,6 +88,7 @@ class Publication:
     final: Path
     verify: dict[str, VerifyFigures]
     table: str
+    examples: dict[str, Path] = field(default_factory=dict)  # variant -> its verify stage's EXAMPLES_FILE
 
     @property
     def name(self) -> str:
@@ -123,7 +124,9 @@ def publication(ctx: StageContext, variants_param: str, row_label: str) -> Publi
     variants = list(ctx.params[variants_param])
     verify = {v: VerifyFigures.of(ctx.upstream("verify", v)) for v in variants}
     table = figures_table(resolved, {row_label.format(v=v): r.figures for v, r in verify.items()})
-    return Publication(resolved, variants, Path(ctx.params["out"]) / resolved.output_name(ctx.params), verify, table)
+    examples = {v: ctx.upstream("verify", v).dir / EXAMPLES_FILE for v in variants}
+    return Publication(resolved, variants, Path(ctx.params["out"]) / resolved.output_name(ctx.params), verify, table,
+                       {v: f for v, f in examples.items() if f.is_file()})
 
 
 def figures_table(resolved: ResolvedModel, rows: dict[str, dict]) -> str:
@@ -176,6 +179,10 @@ def publish(ctx: StageContext, pub: Publication, build: Callable[[Path], None],
     with open(locks / f"publish-{hashlib.sha256(str(pub.final.resolve()).encode()).hexdigest()[:16]}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         with atomic_dir(pub.final) as tmp:
+            if pub.examples:  # before `build`, so the manifest lists (and hashes) the picture
+                figures_of_task = get_task(pub.resolved.task).module("figures")
+                figures_of_task.plot_examples(pub.examples, list(pub.resolved.labels),
+                                              tmp / figures_of_task.EXAMPLES_PICTURE, title=pub.resolved.model_name)
             build(tmp)
             if after is not None:
                 after(ctx, tmp, pub.final)

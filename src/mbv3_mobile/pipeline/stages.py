@@ -16,12 +16,13 @@ from mbv3_mobile.data.pictures import Pictures
 from mbv3_mobile.data.preprocess import Preprocessing, preset, preset_for_source
 from mbv3_mobile.model.checkpoint import CheckpointError, checkpoint_extra
 from mbv3_mobile.model.flops import profile_model
-from mbv3_mobile.pipeline.contracts import ResolvedModel, ThreadsPick, VerifyFigures
+from mbv3_mobile.pipeline.contracts import EXAMPLES_FILE, ResolvedModel, ThreadsPick, VerifyFigures
 from mbv3_mobile.pipeline.runner import StageContext
 from mbv3_mobile.pipeline.spec import PipelineError
 from mbv3_mobile.tasks import TaskError, get_task
 
 MODEL_FILE = "model.safetensors"  # resolve's declared output "model"
+EXAMPLE_PICTURES = 4  # pictures whose outputs the model card shows (a task with `write_examples`)
 
 
 def checkpoint_source(params: dict) -> tuple[Path | None, str]:
@@ -193,6 +194,11 @@ def verify_against_eager(ctx: StageContext, what: str, run: Callable, *, limit: 
         outputs = task.module("outputs")
         figures = figures_of_task.streamed(lambda b: outputs.reference(model, b), lambda b: run(b, pre), x, pics.labels,
                                            num_classes=resolved.num_classes, progress=ctx.progress, desc=what)
+        if hasattr(figures_of_task, "write_examples"):  # the model card's picture of a few outputs
+            k = min(EXAMPLE_PICTURES, len(x))
+            figures_of_task.write_examples(lambda b: outputs.reference(model, b), lambda b: run(b, pre), x[:k],
+                                           pics.images[:k], None if pics.labels is None else pics.labels[:k],
+                                           ctx.out_dir / EXAMPLES_FILE)
     else:
         reference = _reference(task, ctx.upstream("resolve").key, pics, model, x)
         figures = figures_of_task.compare(reference, run(x, pre), pics.labels)

@@ -37,6 +37,7 @@ from mbv3_mobile.verify.gates import CONFIDENCE, format_value, markdown_table, w
 IGNORE = 255  # VOC / Cityscapes: pixels labelled 255 count for nothing
 KEYS = ("images", "pixels", "pixel_agreement", "min_picture_agreement", "snr_db", "max_abs_dlogit")
 LABELLED_KEYS = ("miou", "reference_miou", "miou_drop", "pixel_accuracy", "reference_pixel_accuracy")
+EXAMPLES_PICTURE = "masks.png"  # in a published folder: a few test pictures' masks, eager and every variant
 BOOTSTRAP_REPS = 1000
 
 
@@ -219,6 +220,32 @@ def streamed(reference, candidate, images: torch.Tensor, masks: torch.Tensor | N
         x = images[s : s + batch]
         comparison.add(reference(x), candidate(x), None if masks is None else masks[s : s + batch])
     return comparison.figures()
+
+
+@torch.no_grad()
+def write_examples(reference, candidate, x: torch.Tensor, images: torch.Tensor, masks: torch.Tensor | None,
+                   path: Path) -> None:
+    """The label maps of a few pictures (`x` normalised, `images` their uint8 N x 3 x H x W) from
+    `reference` and `candidate` (callables on normalised pictures), with the true masks when known,
+    as a compressed .npz that `plot_examples` draws."""
+    arrays = {"images": images.permute(0, 2, 3, 1).numpy(),
+              "reference": reference(x).argmax(1).to(torch.uint8).numpy(),
+              "candidate": candidate(x).argmax(1).to(torch.uint8).numpy()}
+    if masks is not None:
+        arrays["truth"] = masks.to(torch.uint8).numpy()
+    np.savez_compressed(path, **arrays)
+
+
+def plot_examples(examples: dict[str, Path], labels: list[str], path: Path, *, title: str = "") -> None:
+    """One PNG from the verify stages' `write_examples` files ({variant: .npz}, same pictures): each
+    picture, its true mask, eager fp32's and every variant's."""
+    from mbv3_mobile.tasks.segmentation.overlay import plot_mask_columns
+
+    loaded = {v: np.load(f) for v, f in examples.items()}
+    first = next(iter(loaded.values()))
+    columns = ([("true mask", first["truth"])] if "truth" in first.files else []) + [("eager fp32", first["reference"])]
+    columns += [(v, data["candidate"]) for v, data in loaded.items()]
+    plot_mask_columns(first["images"], columns, labels, path, title=title)
 
 
 def table(rows: dict[str, dict], *, label: str = "variant",

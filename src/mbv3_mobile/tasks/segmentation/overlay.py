@@ -39,8 +39,16 @@ def overlay(image: np.ndarray, mask: np.ndarray, colours: np.ndarray, alpha: flo
 
 def plot_masks(images: np.ndarray, truths: np.ndarray | None, predictions: np.ndarray, labels: list[str],
                path: Path, *, title: str = "") -> None:
-    """One row per picture: the picture, the true mask over it (when known) and the predicted one;
-    a legend of the classes shown. images N x H x W x 3 uint8; masks N x H x W."""
+    """One row per picture: the picture, the true mask over it (when known) and the predicted one.
+    images N x H x W x 3 uint8; masks N x H x W."""
+    columns = ([("true mask", truths)] if truths is not None else []) + [("predicted", predictions)]
+    plot_mask_columns(images, columns, labels, path, title=title)
+
+
+def plot_mask_columns(images: np.ndarray, columns: list[tuple[str, np.ndarray]], labels: list[str], path: Path, *,
+                      title: str = "") -> None:
+    """One row per picture: the picture, then each named column's mask over it; a legend of the
+    classes shown. images N x H x W x 3 uint8; each column's masks N x H x W."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,7 +58,7 @@ def plot_masks(images: np.ndarray, truths: np.ndarray | None, predictions: np.nd
     from mbv3_mobile.core.atomic import atomic_path
 
     colours = palette(len(labels))
-    columns = [("picture", None)] + ([("true mask", truths)] if truths is not None else []) + [("predicted", predictions)]
+    columns = [("picture", None), *columns]
     n = len(images)
     fig, axes = plt.subplots(n, len(columns), figsize=(2.2 * len(columns), 2.2 * n + 0.8), squeeze=False)
     for i in range(n):
@@ -61,8 +69,7 @@ def plot_masks(images: np.ndarray, truths: np.ndarray | None, predictions: np.nd
             ax.set_yticks([])
             if i == 0:
                 ax.set_title(name, fontsize=9)
-    shown = sorted({int(c) for m in ([predictions] + ([truths] if truths is not None else [])) for c in np.unique(m)}
-                   - {IGNORE, 0})
+    shown = sorted({int(c) for _, m in columns if m is not None for c in np.unique(m)} - {IGNORE, 0})
     fig.legend(handles=[Patch(color=colours[c] / 255, label=labels[c]) for c in shown if c < len(labels)],
                loc="lower center", ncol=min(5, max(1, len(shown))), fontsize=8, frameon=False)
     if title:
