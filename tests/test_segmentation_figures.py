@@ -119,8 +119,8 @@ def test_examples_keep_each_runtimes_label_map_and_draw_one_column_per_variant(t
     images = torch.randint(0, 256, (3, 3, 16, 16), generator=g, dtype=torch.uint8)
     truth = x.argmax(1)
     flipped = torch.roll(x, 1, dims=1)  # a broken runtime: every pixel's class moves by one
-    write_examples(lambda b: b, lambda b: b, x, images, truth, tmp_path / "fp32.npz")
-    write_examples(lambda b: b, lambda b: torch.roll(b, 1, dims=1), x, images, None, tmp_path / "int8.npz")
+    write_examples(x, x, images, truth, tmp_path / "fp32.npz")
+    write_examples(x, flipped, images, None, tmp_path / "int8.npz")
     fp32, int8 = np.load(tmp_path / "fp32.npz"), np.load(tmp_path / "int8.npz")
     assert np.array_equal(fp32["reference"], truth.numpy()) and np.array_equal(fp32["candidate"], fp32["reference"])
     assert np.array_equal(int8["candidate"], flipped.argmax(1).numpy()) and "truth" not in int8.files

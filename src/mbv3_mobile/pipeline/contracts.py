@@ -23,6 +23,7 @@ from mbv3_mobile.pipeline.spec import PipelineError
 # this file of its folder (hashed with the stage's files); publishing draws them for the model card.
 EXAMPLES_FILE = "examples.npz"
 
+
 def _check(result, stage: str, keys) -> dict:
     meta = result.meta
     missing = [k for k in keys if k not in meta]

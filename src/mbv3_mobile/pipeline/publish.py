@@ -122,11 +122,12 @@ def publication(ctx: StageContext, variants_param: str, row_label: str) -> Publi
     """Gather the package stage's inputs; `row_label` is formatted with the variant (`{v}`)."""
     resolved = ctx.resolved
     variants = list(ctx.params[variants_param])
-    verify = {v: VerifyFigures.of(ctx.upstream("verify", v)) for v in variants}
+    stages = {v: ctx.upstream("verify", v) for v in variants}
+    verify = {v: VerifyFigures.of(stage) for v, stage in stages.items()}
     table = figures_table(resolved, {row_label.format(v=v): r.figures for v, r in verify.items()})
-    examples = {v: ctx.upstream("verify", v).dir / EXAMPLES_FILE for v in variants}
+    examples = {v: stage.dir / EXAMPLES_FILE for v, stage in stages.items() if (stage.dir / EXAMPLES_FILE).is_file()}
     return Publication(resolved, variants, Path(ctx.params["out"]) / resolved.output_name(ctx.params), verify, table,
-                       {v: f for v, f in examples.items() if f.is_file()})
+                       examples)
 
 
 def figures_table(resolved: ResolvedModel, rows: dict[str, dict]) -> str:

@@ -192,13 +192,15 @@ def verify_against_eager(ctx: StageContext, what: str, run: Callable, *, limit: 
     figures_of_task = task.module("figures")
     if hasattr(figures_of_task, "streamed"):  # outputs per pixel: a batch at a time, never all of them
         outputs = task.module("outputs")
-        figures = figures_of_task.streamed(lambda b: outputs.reference(model, b), lambda b: run(b, pre), x, pics.labels,
-                                           num_classes=resolved.num_classes, progress=ctx.progress, desc=what)
+        keep = None
         if hasattr(figures_of_task, "write_examples"):  # the model card's picture of a few outputs
-            k = min(EXAMPLE_PICTURES, len(x))
-            figures_of_task.write_examples(lambda b: outputs.reference(model, b), lambda b: run(b, pre), x[:k],
-                                           pics.images[:k], None if pics.labels is None else pics.labels[:k],
-                                           ctx.out_dir / EXAMPLES_FILE)
+            def keep(ref, cand):
+                k = EXAMPLE_PICTURES
+                figures_of_task.write_examples(ref[:k], cand[:k], pics.images[:k],
+                                               None if pics.labels is None else pics.labels[:k], ctx.out_dir / EXAMPLES_FILE)
+        figures = figures_of_task.streamed(lambda b: outputs.reference(model, b), lambda b: run(b, pre), x, pics.labels,
+                                           num_classes=resolved.num_classes, progress=ctx.progress, desc=what,
+                                           first_batch=keep)
     else:
         reference = _reference(task, ctx.upstream("resolve").key, pics, model, x)
         figures = figures_of_task.compare(reference, run(x, pre), pics.labels)

@@ -210,27 +210,32 @@ def text(figures: dict) -> str:
 
 
 def streamed(reference, candidate, images: torch.Tensor, masks: torch.Tensor | None, *, num_classes: int,
-             batch: int = 16, progress: bool = False, desc: str = "comparing") -> dict:
+             batch: int = 16, progress: bool = False, desc: str = "comparing",
+             first_batch: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> dict:
     """The figures of `candidate(x)` against `reference(x)` (callables on normalised pictures),
-    computed `batch` pictures at a time: memory holds one batch of logits, whatever the picture count."""
+    computed `batch` pictures at a time: memory holds one batch of logits, whatever the picture count.
+    `first_batch(reference_logits, candidate_logits)` sees the first batch's outputs (the card's
+    examples) without running either model again."""
     from tqdm.auto import tqdm
 
     comparison = MaskComparison(num_classes)
     for s in tqdm(range(0, len(images), batch), desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
         x = images[s : s + batch]
-        comparison.add(reference(x), candidate(x), None if masks is None else masks[s : s + batch])
+        ref, cand = reference(x), candidate(x)
+        if s == 0 and first_batch is not None:
+            first_batch(ref, cand)
+        comparison.add(ref, cand, None if masks is None else masks[s : s + batch])
     return comparison.figures()
 
 
-@torch.no_grad()
-def write_examples(reference, candidate, x: torch.Tensor, images: torch.Tensor, masks: torch.Tensor | None,
+def write_examples(reference: torch.Tensor, candidate: torch.Tensor, images: torch.Tensor, masks: torch.Tensor | None,
                    path: Path) -> None:
-    """The label maps of a few pictures (`x` normalised, `images` their uint8 N x 3 x H x W) from
-    `reference` and `candidate` (callables on normalised pictures), with the true masks when known,
-    as a compressed .npz that `plot_examples` draws."""
+    """The label maps of a few pictures (`images` uint8 N x 3 x H x W) from the reference's and the
+    candidate's logits (N x C x H x W), with the true masks when known, as a compressed .npz that
+    `plot_examples` draws."""
     arrays = {"images": images.permute(0, 2, 3, 1).numpy(),
-              "reference": reference(x).argmax(1).to(torch.uint8).numpy(),
-              "candidate": candidate(x).argmax(1).to(torch.uint8).numpy()}
+              "reference": reference.argmax(1).to(torch.uint8).numpy(),
+              "candidate": candidate.argmax(1).to(torch.uint8).numpy()}
     if masks is not None:
         arrays["truth"] = masks.to(torch.uint8).numpy()
     np.savez_compressed(path, **arrays)
@@ -241,9 +246,12 @@ def plot_examples(examples: dict[str, Path], labels: list[str], path: Path, *, t
     picture, its true mask, eager fp32's and every variant's."""
     from mbv3_mobile.tasks.segmentation.overlay import plot_mask_columns
 
-    loaded = {v: np.load(f) for v, f in examples.items()}
+    loaded = {}
+    for v, f in examples.items():
+        with np.load(f) as data:
+            loaded[v] = dict(data)
     first = next(iter(loaded.values()))
-    columns = ([("true mask", first["truth"])] if "truth" in first.files else []) + [("eager fp32", first["reference"])]
+    columns = ([("true mask", first["truth"])] if "truth" in first else []) + [("eager fp32", first["reference"])]
     columns += [(v, data["candidate"]) for v, data in loaded.items()]
     plot_mask_columns(first["images"], columns, labels, path, title=title)
 
