@@ -4,6 +4,7 @@ int8 .pte, BundledProgram verification, short export errors."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -241,25 +242,34 @@ def test_run_on_dataset(pte_path, ckpt, fashion_test):
 
 
 @pytest.mark.slow
-def test_drift_localisation_names_the_perturbed_block(ckpt, test_images):
-    """A deliberately broken export (one depthwise conv's weights scaled inside the exported
-    program, as an exporter bug would): the .pte fails parity, and ETDump/Inspector per-op
-    outputs name the block; the intact program departs nowhere."""
+def test_drift_localisation_names_the_perturbed_block(ckpt, test_images, tmp_path):
+    """A deliberately broken .pte (one depthwise conv's weights scaled by 1.05 in the program's bytes,
+    as a faulty serialiser would): it fails parity, and ETDump/Inspector per-op outputs name the
+    block; the intact program departs nowhere. One per-op lowering serves both (lowering is the cost)."""
+    import copy
+
+    import numpy as np
+
     from mbv3_mobile.export.executorch.debug import DebugProgram
     from mbv3_mobile.graph import export_program
     from mbv3_mobile.verify.drift import localize
 
     image = test_images[0][:1]
     model = ckpt.model.eval()
-    clean = localize(model, image, DebugProgram(export_program(model, image))(image), 1e-4)
+    intact = DebugProgram(export_program(model, image))
+    clean = localize(model, image, intact(image), 1e-4)
     assert clean.module is None and len(clean.compared) > 50, clean.table()
-    bad = export_program(model, image)
-    key = "features.7.block.1.0.weight"  # one depthwise conv; a new tensor, the model's stays intact
-    bad.state_dict[key] = torch.nn.Parameter(bad.state_dict[key].detach() * 1.05, requires_grad=False)
-    assert not torch.equal(bad.state_dict["features.7.block.1.0.weight"], model.features[7].block[1][0].weight)
-    broken = DebugProgram(bad)
+    # XNNPACK stores a depthwise conv's weights as [1, kh, kw, C]: found once in the .pte, scaled in place
+    weight = model.features[7].block[1][0].weight.detach().permute(1, 2, 3, 0).contiguous().numpy()
+    data = Path(intact.lowered.pte).read_bytes()
+    assert data.count(weight.tobytes()) == 1
+    bad_pte = tmp_path / "broken.pte"
+    bad_pte.write_bytes(data.replace(weight.tobytes(), (weight * np.float32(1.05)).tobytes()))
+    broken = copy.copy(intact)
+    broken.lowered = copy.copy(intact.lowered)
+    broken.lowered.pte = str(bad_pte)
     # the broken program really fails the fp32 gate (run as lowered, one delegate per op)
-    report = compare_logits(model(test_images[0][:50]), run_pte(broken.lowered.pte, test_images[0][:50]))
+    report = compare_logits(model(test_images[0][:50]), run_pte(str(bad_pte), test_images[0][:50]))
     assert report["max_abs_dlogit"] > 1e-3
     drift = localize(model, image, broken(image), 1e-4)
     assert drift.module is not None and drift.module.startswith("features.7.block.1"), drift.table()
