@@ -50,6 +50,7 @@ class ResolvedModel:
     params: int
     macs: int
     train_summary: dict = field(default_factory=dict)
+    weights: str = ""  # "random": a latency workload (bench), judged by the `_random` gate tables
     model_file: Path | None = None  # the resolved checkpoint (the stage's output "model"); not in the meta
 
     @property

@@ -153,7 +153,8 @@ def resolve_checkpoint(ctx: StageContext) -> dict:
         preprocessing_rule=pre.describe(), labels=tuple(labels), labels_from=labels_from, source=str(path),
         source_format=ck.source, source_sha256=sha256_file(path), params=prof.params, macs=prof.macs,
         train_summary={k: ck.extra.get(k) for k in ("val_top1", "epochs")}
-        | {k: ck.extra[k] for k in ("val_miou", "val_pixel_accuracy") if k in ck.extra}).to_meta()
+        | {k: ck.extra[k] for k in ("val_miou", "val_pixel_accuracy") if k in ck.extra},
+        weights=str(ck.extra.get("weights", ""))).to_meta()
 
 
 def stage_pictures(ctx: StageContext, purpose: str, *, limit: int | None = None, seed: int = 0) -> Pictures:
@@ -172,7 +173,8 @@ def stage_pictures(ctx: StageContext, purpose: str, *, limit: int | None = None,
 def gate_table(ctx: StageContext, base: str, labelled: bool) -> str:
     """The task's table `<task>.<base>` (e.g. classification.ptq) for labelled pictures; its
     label-free form `..._unlabelled` otherwise, where the pipeline declares one."""
-    return get_task(ctx.resolved.task).gate_table(base, labelled, ctx.gates)
+    return get_task(ctx.resolved.task).gate_table(base, labelled, ctx.gates,
+                                                  random_weights=ctx.resolved.weights == "random")
 
 
 def verify_against_eager(ctx: StageContext, what: str, run: Callable, *, limit: int | None, gate: str,
@@ -204,7 +206,7 @@ def verify_against_eager(ctx: StageContext, what: str, run: Callable, *, limit: 
     else:
         reference = _reference(task, ctx.upstream("resolve").key, pics, model, x)
         figures = figures_of_task.compare(reference, run(x, pre), pics.labels)
-    return VerifyFigures(figures=figures, gate=task.gate_table(gate, pics.labelled, ctx.gates), what=what,
+    return VerifyFigures(figures=figures, gate=gate_table(ctx, gate, pics.labelled), what=what,
                          pictures=pics.describe(), measured=measured(artifact), hint=hint).to_meta()
 
 

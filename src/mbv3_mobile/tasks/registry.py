@@ -54,10 +54,15 @@ class TaskSpec:
         """The task's `outputs`, `figures` or `snippets` module (imported on first use)."""
         return importlib.import_module(getattr(self, part))
 
-    def gate_table(self, base: str, labelled: bool, tables) -> str:
+    def gate_table(self, base: str, labelled: bool, tables, *, random_weights: bool = False) -> str:
         """The table judging a variant's figures: `<task>.<base>` for labelled pictures, its
-        label-free form `<task>.<base>_unlabelled` otherwise (where the pipeline declares one)."""
+        label-free form `<task>.<base>_unlabelled` otherwise (where the pipeline declares one), and
+        `<task>.<base>_random` for a model whose checkpoint says its weights are random (the bench's
+        latency workloads), where the pipeline declares one: such a model has no confident
+        predictions, so agreement under int8 measures nothing, while SNR still catches a broken program."""
         name = f"{self.name}.{base}"
+        if random_weights and f"{name}_random" in tables:
+            return f"{name}_random"
         unlabelled = f"{name}_unlabelled"
         return unlabelled if not labelled and unlabelled in tables else name
 
@@ -81,3 +86,11 @@ def get_task(name: str | None) -> TaskSpec:
     if name not in tasks:
         raise TaskError(f"unknown task {name!r}: known tasks are {', '.join(tasks)}")
     return tasks[name]
+
+
+def load_task_checkpoint(path, *, arch: str | None = None, width: float | None = None):
+    """Any of our checkpoints as its own task's model (the task its metadata names; a file without
+    one, e.g. a torchvision .pth, as a classifier)."""
+    from mbv3_mobile.model.checkpoint import checkpoint_extra
+
+    return get_task(checkpoint_extra(path).get("task")).module("outputs").load_checkpoint(path, arch=arch, width=width)

@@ -120,8 +120,8 @@ def convert_litert(model_file: Path, p: dict, dest: Path) -> tuple[Path | None, 
     # The LiteRT venv does not install this project: put its source on the path.
     script = ("import sys, torch, litert_torch\n"
               f"sys.path.insert(0, {str(Path(__file__).resolve().parents[3])!r})\n"
-              "from mbv3_mobile.model.checkpoint import load_checkpoint\n"
-              "ck = load_checkpoint(sys.argv[1]); r = ck.preprocessing.resolution\n"
+              "from mbv3_mobile.tasks import load_task_checkpoint\n"
+              "ck = load_task_checkpoint(sys.argv[1]); r = ck.preprocessing.resolution\n"
               "litert_torch.convert(ck.model.eval(), (torch.zeros(1, 3, r, r),)).export(sys.argv[2])\n")
     python = p.get("litert_python") or sys.executable
     if not p.get("litert_python"):

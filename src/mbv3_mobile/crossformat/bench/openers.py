@@ -8,10 +8,10 @@ from __future__ import annotations
 def open_eager(path: str, threads: int, x):
     import torch
 
-    from mbv3_mobile.model.checkpoint import load_checkpoint
+    from mbv3_mobile.tasks import load_task_checkpoint
 
     torch.set_num_threads(threads)
-    model = load_checkpoint(path).model.eval()
+    model = load_task_checkpoint(path).model.eval()
     xt = torch.from_numpy(x)
 
     def once():

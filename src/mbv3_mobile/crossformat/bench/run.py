@@ -19,7 +19,7 @@ from mbv3_mobile.crossformat.bench.goals import evaluate_goals, recommended_thre
 from mbv3_mobile.crossformat.bench.host import host_peak, thread_counts, usable_cores
 from mbv3_mobile.crossformat.bench.measure import export_timings, latency_rounds, probe, training_throughput
 from mbv3_mobile.crossformat.bench.render import markdown, plot_goals, plot_latency
-from mbv3_mobile.crossformat.bench.workload import resolve_models
+from mbv3_mobile.crossformat.bench.workload import models_for_task, resolve_models, workload_task
 from mbv3_mobile.data.selection import choose, pictures
 from mbv3_mobile.export.registry import list_formats
 from mbv3_mobile.pipeline.publish import environment, write_json
@@ -63,6 +63,11 @@ def bench_input(art: Artifacts, p: dict) -> tuple[torch.Tensor, str]:
     return pics.normalized(pre), f"first picture of {pics.source}"
 
 
+def default_models() -> list[str]:
+    """05_bench.toml's `models`: what `--models` is when not given (for classification)."""
+    return list(load_pipeline("bench").params["models"])
+
+
 def resolve_params(params: dict) -> tuple[dict, dict]:
     spec = load_pipeline("bench")
     p = check_params(spec, params)
@@ -85,10 +90,10 @@ def run_bench(params: dict, *, progress: bool = True) -> tuple[dict, Path]:
     comparing them (goals per model, recommended threads)."""
     p, goals = resolve_params(params)
     log = print if progress else (lambda *_a, **_k: None)
-    models = resolve_models(p["models"], p["checkpoint"])
+    models = resolve_models(models_for_task(p["models"], p["task"], default_models()), p["checkpoint"])
     reports = {}
     for label, checkpoint, note in models:
-        q = dict(p, checkpoint=checkpoint)
+        q = dict(p, checkpoint=checkpoint, task=workload_task(label) or p["task"])
         if note and not q.get("images"):
             q["images"] = "samples"  # photo-like pictures for calibration and the label-free gates
         q["train"] = label in p["train_models"] or (p["checkpoint"] and "checkpoint" in p["train_models"])
@@ -144,7 +149,8 @@ def bench_model(p: dict, goals: dict, *, label: str, weights_note: str | None, p
     resolved = art.resolved
     macs = resolved.macs
     x, picture = bench_input(art, p)
-    model_key = f"{resolved.config.get('arch', '?')}-{int(x.shape[-1])}"
+    # goals name models as `<arch>-<resolution>`, LR-ASPP ones as `lraspp-<arch>-<resolution>`
+    model_key = ("lraspp-" if resolved.task == "segmentation" else "") + f"{resolved.config.get('arch', '?')}-{int(x.shape[-1])}"
     runner, skipped = None, {}
     native = [k for k, rt in art.runtimes.items() if rt.native]
     if native and p["native"]:
@@ -174,8 +180,12 @@ def bench_model(p: dict, goals: dict, *, label: str, weights_note: str | None, p
         log(f"[bench] load time / peak RSS: one fresh process per runtime, {max(threads)} threads")
         probes = {k: probe(art.runtimes[k], x, max(threads), p["probe_iters"], runner=runner) for k in keys}
         sizes = {k: rt.bytes for k, rt in art.runtimes.items()}
-    training = training_throughput(art, p, max(threads), log=log) if p.get("train", True) else \
-        {"skipped": "not timed for this model (--train-models)", "variants": {}}
+    if resolved.task != "classification":  # the throughput step is a classifier's (labels per picture)
+        training = {"skipped": f"training throughput is timed for classifiers only, not {resolved.task}", "variants": {}}
+    elif p.get("train", True):
+        training = training_throughput(art, p, max(threads), log=log)
+    else:
+        training = {"skipped": "not timed for this model (--train-models)", "variants": {}}
     export = export_timings(p, art, cold=p["cold_export"], log=log)
     if litert_seconds:
         export["litert_convert_s"] = litert_seconds

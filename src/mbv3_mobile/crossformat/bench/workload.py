@@ -8,6 +8,12 @@ like a trained one (not one that predicts the same class for every picture). Res
 start near identity (last BN scale x0.05, "zero-init residual"), BN statistics are measured on the
 sample photos and then perturbed, and the head points 16 random classes at the photos' features.
 Stated as such in every report that uses them.
+
+The segmentation workloads, LR-ASPP Large / Small 1.0 at 512 px with torchvision's 21 VOC classes,
+are made the same way (photo-calibrated BatchNorm, residual branches near identity), with a
+nearest-centroid head: the high-level classifier points 4 classes at k-means centroids of the
+photos' pixel features, the low-level classifier is zero. Their checkpoints say `weights = "random"`,
+so the export pipelines judge them by their `_random` gate tables (see `tasks.TaskSpec.gate_table`).
 """
 
 from __future__ import annotations
@@ -19,9 +25,15 @@ import torch
 
 from mbv3_mobile.crossformat.bench.common import BenchError
 
-# name -> (arch, width, resolution); "default" is the embedded Fashion-MNIST model (no checkpoint).
-WORKLOADS = {"large-224": ("large", 1.0, 224), "small-224": ("small", 1.0, 224)}
+# name -> (task, arch, width, resolution); "default" is the task's embedded model (no checkpoint).
+WORKLOADS = {"large-224": ("classification", "large", 1.0, 224), "small-224": ("classification", "small", 1.0, 224),
+             "lraspp-large-512": ("segmentation", "large", 1.0, 512),
+             "lraspp-small-512": ("segmentation", "small", 1.0, 512)}
 DEFAULT = "default"
+# What `--models` means when not given, per task (05_bench.toml's `models` is the classification list).
+DEFAULT_MODELS = {"segmentation": ["default", "lraspp-large-512", "lraspp-small-512"]}
+VOC_LABELS = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+              "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
 WEIGHTS_NOTE = ("random torchvision-layout weights with BatchNorm statistics calibrated on the bundled sample photos "
                 "(no ImageNet-trained weights offline): latency and MACs are the real model's, accuracy is not")
 
@@ -49,17 +61,7 @@ def randomized_model(arch: str, width: float = 1.0, seed: int = 0, residual_scal
     g = torch.Generator().manual_seed(seed)
     m = build_model(arch=arch, width=width, num_classes=1000)
     x = photo_batch(resolution)
-    for block in m.features:
-        if getattr(block, "use_res_connect", False):
-            block.block[-1][1].weight.data.mul_(residual_scale)
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.reset_running_stats()
-            mod.momentum = None
-    m.train()
-    with torch.no_grad():
-        m(x)
-    m.eval()
+    _calibrate_bn(m, x, m.features, residual_scale, batch=len(x))
     with torch.no_grad():
         for mod in m.modules():
             if isinstance(mod, torch.nn.BatchNorm2d):
@@ -83,26 +85,107 @@ def randomized_model(arch: str, width: float = 1.0, seed: int = 0, residual_scal
     return m
 
 
+def _calibrate_bn(m: torch.nn.Module, x: torch.Tensor, residuals, residual_scale: float, batch: int) -> None:
+    """Photo BatchNorm statistics for random weights, residual branches near identity."""
+    for block in residuals:
+        if getattr(block, "use_res_connect", False):
+            block.block[-1][1].weight.data.mul_(residual_scale)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.reset_running_stats()
+            mod.momentum = None  # a cumulative average over every batch
+    m.train()
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            m(x[i : i + batch])
+    m.eval()
+
+
+SEGMENT_CLASSES = 4  # classes the random head tells apart; with more, k-means' clusters of random features blur
+
+
+def randomized_segmenter(arch: str, width: float = 1.0, seed: int = 0, residual_scale: float = 0.05,
+                         resolution: int = 512) -> torch.nn.Module:
+    """LR-ASPP (torchvision's 21 classes) with random weights and a nearest-centroid head over the
+    sample photos' pixel features (see the module docstring)."""
+    from mbv3_mobile.data.pictures import sample_photos
+    from mbv3_mobile.data.preprocess import preset
+    from mbv3_mobile.tasks.segmentation.network import lraspp_mobilenet_v3_large, lraspp_mobilenet_v3_small
+
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    m = (lraspp_mobilenet_v3_large if arch == "large" else lraspp_mobilenet_v3_small)(width=width,
+                                                                                       num_classes=len(VOC_LABELS))
+    pre = preset("mbv3", resolution)
+    x = sample_photos(pre).normalized(pre)
+    _calibrate_bn(m, x, m.backbone, residual_scale, batch=10)
+    head = m.classifier
+    feats = {}
+    hook = head.high_classifier.register_forward_hook(lambda _m, i, _o: (feats.setdefault("f", i[0]), None)[1])
+    with torch.no_grad():
+        m(x[:40])
+    hook.remove()
+    f = feats["f"].permute(0, 2, 3, 1).reshape(-1, feats["f"].shape[1])
+    centroids = f[torch.randperm(len(f), generator=g)[:SEGMENT_CLASSES]].clone()
+    for _ in range(20):  # Lloyd's k-means: a few dozen lines of scikit-learn are not worth its import here
+        nearest = torch.cdist(f, centroids).argmin(1)
+        for k in range(SEGMENT_CLASSES):
+            if (nearest == k).any():
+                centroids[k] = f[nearest == k].mean(0)
+    with torch.no_grad():
+        weight = torch.zeros(len(VOC_LABELS), f.shape[1])
+        bias = torch.full((len(VOC_LABELS),), -50.0)  # the other classes: never the argmax
+        classes = torch.randperm(len(VOC_LABELS), generator=g)[:SEGMENT_CLASSES]
+        weight[classes], bias[classes] = centroids, -0.5 * (centroids**2).sum(1)  # argmax = nearest centroid
+        head.high_classifier.weight.copy_(weight[:, :, None, None])
+        head.high_classifier.bias.copy_(bias)
+        head.low_classifier.weight.zero_()
+        head.low_classifier.bias.zero_()
+    return m
+
+
 def workload_checkpoint(name: str, folder: Path | None = None) -> Path:
-    """A torchvision-layout .pth for a named workload, made once (deterministic, seed 0) and kept in
-    the cache so the export pipelines' cached stages are reused from run to run."""
+    """A checkpoint for a named workload, made once (deterministic, seed 0) and kept in the cache so
+    the export pipelines' cached stages are reused from run to run: a torchvision-layout .pth for a
+    classifier, our .safetensors (saying `weights = "random"`) for a segmenter."""
     if name not in WORKLOADS:
         raise _unknown(name)
     from mbv3_mobile.pipeline.runner import cache_dir
 
-    arch, width, _res = WORKLOADS[name]
+    task, arch, width, res = WORKLOADS[name]
     folder = folder or cache_dir().parent / "bench-models"
-    path = folder / f"mobilenet_v3_{arch}_{int(width * 100)}_random_bn_seed0.pth"
+    if task == "segmentation":
+        path = folder / f"lraspp_mobilenet_v3_{arch}_{int(width * 100)}_{res}px_random_seed0.safetensors"
+    else:
+        path = folder / f"mobilenet_v3_{arch}_{int(width * 100)}_random_bn_seed0.pth"
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(randomized_model(arch, width).state_dict(), tmp)
+        tmp = path.with_name(f"{path.stem}.tmp{path.suffix}")  # same suffix: the saver checks it
+        if task == "segmentation":
+            from mbv3_mobile.data.preprocess import preset
+            from mbv3_mobile.tasks.segmentation.checkpoint import save_segmentation_checkpoint
+
+            save_segmentation_checkpoint(tmp, randomized_segmenter(arch, width, resolution=res),
+                                         preprocessing=preset("mbv3", res), labels=list(VOC_LABELS),
+                                         extra={"weights": "random", "weights_note": WEIGHTS_NOTE})
+        else:
+            torch.save(randomized_model(arch, width).state_dict(), tmp)
         tmp.replace(path)
     return path
 
 
 def _unknown(name: str) -> BenchError:
     return BenchError(f"unknown bench model {name!r}: choose from {DEFAULT}, {', '.join(WORKLOADS)} or a checkpoint path")
+
+
+def models_for_task(spec: list[str], task: str, default_spec: list[str]) -> list[str]:
+    """`--models` as given, or (left at the classification default) the task's own list."""
+    return DEFAULT_MODELS.get(task, spec) if list(spec) == list(default_spec) else list(spec)
+
+
+def workload_task(name: str) -> str | None:
+    """The task of a named workload (None for `default` and checkpoint paths)."""
+    return WORKLOADS[name][0] if name in WORKLOADS else None
 
 
 def resolve_models(spec: list[str], checkpoint: str) -> list[tuple[str, str, str | None]]:
@@ -121,5 +204,5 @@ def resolve_models(spec: list[str], checkpoint: str) -> list[tuple[str, str, str
         else:
             raise _unknown(name)
     if not out:
-        raise BenchError("--models is empty: name at least one model (default, large-224, small-224)")
+        raise BenchError(f"--models is empty: name at least one model ({DEFAULT}, {', '.join(WORKLOADS)})")
     return out
