@@ -149,3 +149,41 @@ def test_dynamic_batch_on_request_is_verified_and_recorded_not_gated(trained_ci_
     assert "gate" not in cov and cov["coverage"]["dynamic_inputs"] == ["image"]
     assert cov["figures"]["coreml_ep_node_coverage"] < 1.0  # what a fixed batch buys
     assert all(j["verdict"] == "pass" for j in results["verify_ort[fp32]"].meta["judged"])
+
+
+def test_ort_calibration_strides_bound_memory_by_the_model_not_the_picture_count():
+    import torch
+
+    from mbv3_mobile.export.onnx.convert import calibration_stride
+
+    assert calibration_stride(torch.zeros(100, 3, 32, 32)) == 100  # small pictures: one pass, as ORT does by default
+    assert calibration_stride(torch.zeros(80, 3, 512, 512)) == 5  # LR-ASPP Large at 512 px: ~2 GiB a pass
+    assert calibration_stride(torch.zeros(97, 3, 512, 512)) == 1  # a divisor of the count, as ORT requires
+
+
+def test_strided_calibration_gives_a_faithful_int8_model(trained_ci_checkpoint, tmp_path, monkeypatch):
+    """The same pictures in strides of 10 (histograms merged across passes) or in one pass: both int8
+    models agree with eager fp32 as closely."""
+    import onnxruntime as ort
+    import torch
+
+    from mbv3_mobile import load_checkpoint
+    from mbv3_mobile.export.onnx import convert
+    from mbv3_mobile.quantize.pt2e import real_images
+    from mbv3_mobile.verify.compare import compare_logits
+
+    ck = load_checkpoint(trained_ci_checkpoint)
+    calib, test = real_images(ck.preprocessing, 100, split="train")[0], real_images(ck.preprocessing, 300, split="test")[0]
+    src = convert.export_onnx(ck.model.eval(), ck.preprocessing.resolution, tmp_path / "m.onnx")
+    convert.quantize_onnx_int8(src, tmp_path / "one.onnx", calib)
+    monkeypatch.setattr(convert, "CALIBRATION_BYTES", calib[:1].numel() * 4 * convert.ACTIVATIONS_PER_INPUT * 10)
+    assert convert.calibration_stride(calib) == 10
+    convert.quantize_onnx_int8(src, tmp_path / "strided.onnx", calib)
+    eager = ck.model.eval()(test).detach()
+    snr = {}
+    for name in ("one", "strided"):
+        session = ort.InferenceSession(str(tmp_path / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+        name_in = session.get_inputs()[0].name
+        out = torch.cat([torch.from_numpy(session.run(None, {name_in: x[None].numpy()})[0]) for x in test])
+        snr[name] = compare_logits(eager, out)["snr_db"]
+    assert snr["strided"] > 20 and abs(snr["strided"] - snr["one"]) < 3, snr
