@@ -172,7 +172,8 @@ def stage_pictures(ctx: StageContext, purpose: str, *, limit: int | None = None,
 
 def gate_table(ctx: StageContext, base: str, labelled: bool) -> str:
     """The task's table `<task>.<base>` (e.g. classification.ptq) for labelled pictures; its
-    label-free form `..._unlabelled` otherwise, where the pipeline declares one."""
+    label-free form `..._unlabelled` otherwise, where the pipeline declares one; `..._random` for a
+    checkpoint that says its weights are random (`tasks.TaskSpec.gate_table`)."""
     return get_task(ctx.resolved.task).gate_table(base, labelled, ctx.gates,
                                                   random_weights=ctx.resolved.weights == "random")
 

@@ -36,6 +36,9 @@ VOC_LABELS = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "b
               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
 WEIGHTS_NOTE = ("random torchvision-layout weights with BatchNorm statistics calibrated on the bundled sample photos "
                 "(no ImageNet-trained weights offline): latency and MACs are the real model's, accuracy is not")
+SEGMENTER_WEIGHTS_NOTE = ("random LR-ASPP weights (torchvision's layout, 21 VOC classes) with BatchNorm statistics "
+                          "calibrated on the bundled sample photos and a nearest-centroid head (no trained LR-ASPP "
+                          "offline): latency and MACs are the real model's, masks are not")
 
 
 def photo_batch(resolution: int) -> torch.Tensor:
@@ -167,7 +170,7 @@ def workload_checkpoint(name: str, folder: Path | None = None) -> Path:
 
             save_segmentation_checkpoint(tmp, randomized_segmenter(arch, width, resolution=res),
                                          preprocessing=preset("mbv3", res), labels=list(VOC_LABELS),
-                                         extra={"weights": "random", "weights_note": WEIGHTS_NOTE})
+                                         extra={"weights": "random", "weights_note": SEGMENTER_WEIGHTS_NOTE})
         else:
             torch.save(randomized_model(arch, width).state_dict(), tmp)
         tmp.replace(path)
@@ -198,7 +201,8 @@ def resolve_models(spec: list[str], checkpoint: str) -> list[tuple[str, str, str
         if name == DEFAULT:
             out.append((DEFAULT, "", None))
         elif name in WORKLOADS:
-            out.append((name, str(workload_checkpoint(name)), WEIGHTS_NOTE))
+            note = SEGMENTER_WEIGHTS_NOTE if workload_task(name) == "segmentation" else WEIGHTS_NOTE
+            out.append((name, str(workload_checkpoint(name)), note))
         elif Path(name).is_file():
             out.append((Path(name).stem, name, None))
         else:
