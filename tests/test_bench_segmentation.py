@@ -89,3 +89,22 @@ def test_bench_times_every_runtime_of_the_test_segmenter(tmp_path):
         if report["runtimes"][key]["precision"] == "fp32":
             assert row["pixel_agreement_vs_eager"] == 1.0, key
     assert report["training"]["variants"] == {} and "classifiers only" in report["training"]["skipped"]
+
+
+@pytest.mark.slow
+def test_a_checkpoint_saying_random_weights_is_judged_by_the_random_tables_end_to_end(tmp_path, monkeypatch):
+    """A random-weight workload through the ONNX pipeline: its int8 is judged by
+    `segmentation.int8_random` (SNR only), its fp32 by the full fp32 table; the manifest says which."""
+    import json
+
+    from mbv3_mobile.pipeline import run_pipeline
+
+    monkeypatch.setitem(workload.WORKLOADS, "lraspp-test-64", ("segmentation", "small", 0.5, 64))
+    path = workload.workload_checkpoint("lraspp-test-64", tmp_path / "models")
+    run_pipeline(load_pipeline("onnx"), {"checkpoint": str(path), "images": "samples", "parity_images": 40,
+                                         "calib_images": 40, "out": str(tmp_path / "out")}, progress=False)
+    manifest = json.loads(next((tmp_path / "out").glob("*/manifest.json")).read_text())
+    assert manifest["pictures"]["int8"]["gate_table"] == "segmentation.int8_random"
+    assert manifest["pictures"]["fp32"]["gate_table"] == "segmentation.fp32"
+    assert set(manifest["figures"]["int8"]["bounds"]) >= {"snr_db"}
+    assert all(j["verdict"] == "pass" for v in ("fp32", "int8") for j in manifest["variants"][v]["gate"])
