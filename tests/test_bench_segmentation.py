@@ -75,8 +75,9 @@ def test_per_pixel_outputs_report_their_argmax_agreement():
 
 @pytest.mark.slow
 def test_bench_times_every_runtime_of_the_test_segmenter(tmp_path):
-    """A short real run on the shipped test segmenter (LR-ASPP Small 0.5 @64): every runtime timed,
-    the fp32 ones agreeing with eager on every pixel, training throughput skipped with its reason."""
+    """A short real run on the shipped test segmenter (LR-ASPP Small 0.5 @64): every runtime of the test
+    stack timed (LiteRT's converter is not in it: --no-litert), the fp32 ones agreeing with eager on
+    every pixel, training throughput skipped with its reason."""
     report, folder = bench.run_bench({"checkpoint": str(ensure_model("segmentation-ci", progress=False)), "quick": True,
                                       "threads": ["1"], "litert": False, "out": str(tmp_path),
                                       "android_params": {"parity_images": 60, "calib_images": 100},

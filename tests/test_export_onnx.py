@@ -151,7 +151,7 @@ def test_dynamic_batch_on_request_is_verified_and_recorded_not_gated(trained_ci_
     assert all(j["verdict"] == "pass" for j in results["verify_ort[fp32]"].meta["judged"])
 
 
-def test_ort_calibration_strides_bound_memory_by_the_model_not_the_picture_count():
+def test_ort_calibration_strides_are_sized_by_a_memory_budget_per_picture():
     import torch
 
     from mbv3_mobile.export.onnx.convert import calibration_stride
