@@ -35,6 +35,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from mbv3_mobile.core.errors import UserError
+    from mbv3_mobile.tasks import checkpoint_task
     from mbv3_mobile.train.evaluate import evaluate, write_report
 
     checkpoint = args.checkpoint
@@ -44,7 +45,7 @@ def run(args) -> int:
         checkpoint = ensure_model(args.recipe or "default")
     if args.max_images is not None and args.max_images < 1:
         raise UserError(f"--max-images must be >= 1, got {args.max_images}")
-    task = args.task or _task_of(checkpoint)
+    task = args.task or checkpoint_task(checkpoint).name
     if task == "segmentation":
         return _segmentation(args, checkpoint)
     report = evaluate(checkpoint, args.dataset or "fashion-mnist", split=args.split, max_images=args.max_images,
@@ -63,12 +64,6 @@ def _show(report, as_json: bool, written: str) -> int:
             print(f"note: {note}")
         print(f"[mbv3] wrote {written}")
     return 0
-
-
-def _task_of(checkpoint) -> str:
-    from mbv3_mobile.model.checkpoint import checkpoint_extra
-
-    return checkpoint_extra(checkpoint).get("task", "classification")
 
 
 def _segmentation(args, checkpoint) -> int:

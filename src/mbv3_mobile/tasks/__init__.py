@@ -5,10 +5,11 @@ from mbv3_mobile.tasks.registry import (
     DEFAULT_TASK,
     TaskError,
     TaskSpec,
+    checkpoint_task,
     get_task,
     list_tasks,
     load_task_checkpoint,
     register_task,
 )
 
-__all__ = ["DEFAULT_TASK", "TaskError", "TaskSpec", "get_task", "list_tasks", "load_task_checkpoint", "register_task"]
+__all__ = ["DEFAULT_TASK", "TaskError", "TaskSpec", "checkpoint_task", "get_task", "list_tasks", "load_task_checkpoint", "register_task"]

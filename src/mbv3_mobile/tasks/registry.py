@@ -88,9 +88,13 @@ def get_task(name: str | None) -> TaskSpec:
     return tasks[name]
 
 
-def load_task_checkpoint(path, *, arch: str | None = None, width: float | None = None):
-    """Any of our checkpoints as its own task's model (the task its metadata names; a file without
-    one, e.g. a torchvision .pth, as a classifier)."""
+def checkpoint_task(path) -> TaskSpec:
+    """The task a checkpoint's metadata names; a file without one (e.g. a torchvision .pth): the default."""
     from mbv3_mobile.model.checkpoint import checkpoint_extra
 
-    return get_task(checkpoint_extra(path).get("task")).module("outputs").load_checkpoint(path, arch=arch, width=width)
+    return get_task(checkpoint_extra(path).get("task"))
+
+
+def load_task_checkpoint(path, *, arch: str | None = None, width: float | None = None):
+    """Any of our checkpoints as its own task's model (`checkpoint_task`)."""
+    return checkpoint_task(path).module("outputs").load_checkpoint(path, arch=arch, width=width)

@@ -63,11 +63,6 @@ def bench_input(art: Artifacts, p: dict) -> tuple[torch.Tensor, str]:
     return pics.normalized(pre), f"first picture of {pics.source}"
 
 
-def default_models() -> list[str]:
-    """05_bench.toml's `models`: what `--models` is when not given (for classification)."""
-    return list(load_pipeline("bench").params["models"])
-
-
 def resolve_params(params: dict) -> tuple[dict, dict]:
     spec = load_pipeline("bench")
     p = check_params(spec, params)
@@ -81,6 +76,7 @@ def resolve_params(params: dict) -> tuple[dict, dict]:
         if p[k] < 1:
             raise BenchError(f"--{k.replace('_', '-')} must be >= 1, got {p[k]}")
     thread_counts(p["threads"], usable_cores())  # a bad --threads is refused before any model is resolved
+    p["models"] = models_for_task(p["models"], p["task"], spec.params["models"])  # the task's own list by default
     return p, dict(spec.settings.get("goals", {}))
 
 
@@ -90,7 +86,7 @@ def run_bench(params: dict, *, progress: bool = True) -> tuple[dict, Path]:
     comparing them (goals per model, recommended threads)."""
     p, goals = resolve_params(params)
     log = print if progress else (lambda *_a, **_k: None)
-    models = resolve_models(models_for_task(p["models"], p["task"], default_models()), p["checkpoint"])
+    models = resolve_models(p["models"], p["checkpoint"])
     reports = {}
     for label, checkpoint, note in models:
         q = dict(p, checkpoint=checkpoint, task=workload_task(label) or p["task"])
